@@ -1,0 +1,187 @@
+"""The engine contract: every avatar generator implements :class:`Engine`.
+
+Time is counted in samples of the engine's input audio (``EngineSpec.sample_rate``, 16 kHz for every
+engine here) on one media clock per session. Video frame ``n`` of a session starts at sample
+``frame_start(n) = n * sample_rate // fps``; the frame animates the samples
+``[frame_start(n), frame_start(n + 1))``. Integer arithmetic only, so any fps works.
+
+Engines know nothing about asyncio or transports. ``open``/``close``/``interrupt`` may be called
+from any thread; ``generate`` only from the EngineWorker's thread.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from liveface.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What an engine declares about its timing and output.
+
+    Attributes:
+        fps: output video frames per second.
+        width, height: output frame size in pixels.
+        chunk_frames: video frames per chunk in steady state.
+        first_chunk_frames: video frames of a session's first chunk (may be shorter for a fast
+            first frame); equal to ``chunk_frames`` when the engine has no such preference.
+        sample_rate: rate of the audio the engine consumes (Hz).
+        left_context: samples before the chunk's first sample that the engine reads.
+        lookahead: samples after the chunk's last sample that the engine reads (0: strictly
+            causal).
+        max_batch: most chunks (of any sessions) one ``generate`` call accepts.
+    """
+
+    fps: int
+    width: int
+    height: int
+    chunk_frames: int
+    first_chunk_frames: int
+    sample_rate: int = 16000
+    left_context: int = 0
+    lookahead: int = 0
+    max_batch: int = 8
+
+    def __post_init__(self) -> None:
+        checks = {
+            "fps": self.fps > 0,
+            "width": self.width > 0 and self.width % 2 == 0,
+            "height": self.height > 0 and self.height % 2 == 0,
+            "chunk_frames": self.chunk_frames > 0,
+            "first_chunk_frames": self.first_chunk_frames > 0,
+            "sample_rate": self.sample_rate > 0,
+            "left_context": self.left_context >= 0,
+            "lookahead": self.lookahead >= 0,
+            "max_batch": self.max_batch > 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError(
+                f"engine spec has invalid {', '.join(bad)}: sizes must be positive and even, "
+                f"counts positive, context and lookahead non-negative ({self})"
+            )
+
+    def frame_start(self, frame: int) -> int:
+        """Media-clock sample at which video frame ``frame`` starts."""
+        return frame * self.sample_rate // self.fps
+
+    def frame_at(self, sample: int) -> int:
+        """Index of the video frame whose span contains ``sample``."""
+        # frame_start(n) <= sample < frame_start(n + 1)
+        return ((sample + 1) * self.fps - 1) // self.sample_rate
+
+    def chunk_frames_at(self, index: int) -> int:
+        """Frames of the ``index``-th chunk of a session (0-based)."""
+        return self.first_chunk_frames if index == 0 else self.chunk_frames
+
+
+@dataclass
+class AudioChunk:
+    """One chunk of a session's audio, ready for an engine.
+
+    Attributes:
+        index: 0-based chunk number within the session.
+        first_frame: media-clock index of the chunk's first video frame.
+        num_frames: video frames to produce.
+        start, end: media-clock samples ``[start, end)`` that the chunk's frames animate.
+        window: float32 mono audio ``(left_context + (end - start) + lookahead,)`` covering
+            ``[start - left_context, end + lookahead)``; samples before the session began are 0.
+        context: samples of left context at the head of ``window`` (the chunk's own samples start
+            at ``window[context]``).
+        voiced: whether voice activity was detected in ``[start, end)``.
+        epoch: the session's interrupt epoch when the chunk was cut; engines and buffers drop work
+            of older epochs.
+    """
+
+    index: int
+    first_frame: int
+    num_frames: int
+    start: int
+    end: int
+    window: np.ndarray
+    context: int
+    voiced: bool
+    epoch: int = 0
+
+    @property
+    def samples(self) -> np.ndarray:
+        """The chunk's own samples ``[start, end)`` taken from the window, ``(end - start,)``."""
+        return self.window[self.context : self.context + (self.end - self.start)]
+
+
+@dataclass
+class VideoChunk:
+    """An engine's output for one :class:`AudioChunk`.
+
+    Attributes:
+        frames: uint8 RGB ``(num_frames, height, width, 3)``.
+        first_frame: media-clock index of ``frames[0]``.
+        start: media-clock sample of the first frame (``spec.frame_start(first_frame)``).
+        audio: float32 mono ``(end - start,)``, the exact samples these frames animate.
+        voiced: the chunk's voice flag.
+        epoch: copied from the chunk.
+        info: per-chunk measurements for metrics (e.g. engine time, corrected codebook features).
+    """
+
+    frames: np.ndarray
+    first_frame: int
+    start: int
+    audio: np.ndarray
+    voiced: bool
+    epoch: int = 0
+    info: dict[str, float] = field(default_factory=dict)
+
+
+class EngineState(abc.ABC):  # noqa: B024 - a marker base; each engine defines its own fields
+    """Per-session state returned by :meth:`Engine.open`; owned by exactly one session."""
+
+
+class Engine(abc.ABC):
+    """An avatar generator. See the module docstring for the time conventions."""
+
+    #: Registry name, e.g. ``"warp"``.
+    name: str = ""
+
+    @property
+    @abc.abstractmethod
+    def spec(self) -> EngineSpec:
+        """Timing and output declaration."""
+
+    @abc.abstractmethod
+    def open(
+        self, portrait: np.ndarray | None, prompt: str | None, options: Mapping[str, Any]
+    ) -> EngineState:
+        """Do the per-identity work once (landmarks, reference latents, ...).
+
+        Args:
+            portrait: uint8 RGB ``(height, width, 3)``, or None for the engine's default portrait.
+            prompt: optional text prompt (engines that take none ignore it).
+            options: engine-specific per-session options.
+
+        Raises:
+            BadInputError: the portrait or an option is unusable (e.g. :class:`NoFaceError`).
+        """
+
+    @abc.abstractmethod
+    def generate(self, batch: Sequence[tuple[EngineState, AudioChunk]]) -> list[VideoChunk]:
+        """Turn a batch of chunks (possibly of several sessions) into video chunks, in order.
+
+        Blocking; called only from the EngineWorker's thread. ``len(batch) <= spec.max_batch``.
+        """
+
+    @abc.abstractmethod
+    def interrupt(self, state: EngineState) -> None:
+        """Drop what is in flight for this session and fall back to idle motion."""
+
+    @abc.abstractmethod
+    def close(self, state: EngineState) -> None:
+        """Free everything the session held."""
+
+    def shutdown(self) -> None:  # noqa: B027 - optional hook, most engines hold nothing global
+        """Release engine-wide resources when the server stops."""

@@ -1,0 +1,58 @@
+"""The project's small error hierarchy.
+
+Every error carries a short message that tells the user what to fix, and a ``retryable`` flag that
+says whether trying the same thing again later may succeed (a full server) or not (a bad portrait).
+"""
+
+from __future__ import annotations
+
+
+class AvatarError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+    retryable: bool = False
+    #: A short machine-readable code, used in HTTP and ZeroMQ error replies.
+    code: str = "error"
+
+
+class ConfigError(AvatarError):
+    """The configuration is invalid; the message names the field and what to change."""
+
+    code = "bad_config"
+
+
+class BadInputError(AvatarError):
+    """Client input (offer, portrait, audio, message) is invalid."""
+
+    code = "bad_input"
+
+
+class NoFaceError(BadInputError):
+    """The portrait has no usable face (none, several, or too small)."""
+
+    code = "no_face"
+
+
+class AudioFormatError(BadInputError):
+    """Audio arrived in a format or rate the server cannot use."""
+
+    code = "bad_audio"
+
+
+class CapacityError(AvatarError):
+    """The server holds its configured maximum of sessions; try again later."""
+
+    code = "at_capacity"
+    retryable = True
+
+
+class CheckpointError(AvatarError):
+    """A checkpoint is missing, truncated, or does not match the model's config."""
+
+    code = "bad_checkpoint"
+
+
+class SessionClosedError(AvatarError):
+    """The session has ended; nothing more can be sent to it."""
+
+    code = "session_closed"

@@ -1,0 +1,212 @@
+"""One session's media path, transport- and model-free: input audio -> chunks; results -> output.
+
+Time: the media clock counts samples at ``spec.sample_rate``. The clock is anchored to the wall
+(monotonic seconds) once, at ``start``: sample ``s`` was captured at ``anchor + s / rate`` and is
+due for playout ``delay`` later. Wall time is read only to decide *when* to act (release chunks,
+fill silence, play); every timestamp that leaves the process derives from sample indices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from liveface.engines.base import AudioChunk, EngineSpec, VideoChunk
+from liveface.errors import ConfigError
+from liveface.pipeline.audio_ring import AudioRing
+from liveface.pipeline.chunker import Chunker
+from liveface.pipeline.output import OutputBuffer
+from liveface.pipeline.segments import PlaybackEvent, SegmentTracker
+from liveface.pipeline.vad import VoiceActivity
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Per-transport pipeline settings (validated at start-up).
+
+    Attributes:
+        delay_ms: fixed output delay that absorbs engine and network jitter.
+        lead_ms: how far ahead of the wall chunks may be released (bounds the output buffer when
+            a client pushes audio faster than real time).
+        live: the source is a live capture (a microphone): audio that arrives long after its time
+            (after a stall) is dropped so latency stays bounded. False for pushed audio (ZeroMQ).
+        gap_fill_ms: when no audio arrives for this long, silence is inserted so the avatar idles.
+        live_slack_ms: live audio may run this far ahead of the wall clock (arrival jitter and
+            clock drift) before its oldest samples are dropped as stale.
+        max_pending_s: most not-yet-played audio a pushing client may queue.
+        history_s: input audio kept for the engine's left context.
+        vad_aggressiveness: webrtcvad mode 0..3.
+    """
+
+    delay_ms: int = 80
+    lead_ms: int = 200
+    live: bool = True
+    gap_fill_ms: int = 250
+    live_slack_ms: int = 60
+    max_pending_s: float = 120.0
+    history_s: float = 5.0
+    vad_aggressiveness: int = 2
+
+    def __post_init__(self) -> None:
+        if min(self.delay_ms, self.lead_ms, self.live_slack_ms) < 0 or self.gap_fill_ms <= 0:
+            raise ConfigError(
+                "stream delay_ms, lead_ms, live_slack_ms must be >= 0 and gap_fill_ms > 0"
+            )
+        if self.max_pending_s <= 0 or self.history_s <= 0:
+            raise ConfigError("stream max_pending_s and history_s must be positive")
+
+
+@dataclass
+class StreamStats:
+    input_samples: int = 0
+    input_dropped_samples: int = 0  # live input that arrived too late, or over the pending limit
+    silence_filled_samples: int = 0
+    chunks_cut: int = 0
+
+
+class StreamPipeline:
+    """Ring + VAD + chunker + output buffer + segments for one session."""
+
+    def __init__(self, spec: EngineSpec, config: StreamConfig) -> None:
+        self.spec = spec
+        self.config = config
+        rate = spec.sample_rate
+        pending = int(config.max_pending_s * rate)
+        context = int(config.history_s * rate) + spec.left_context + spec.lookahead
+        self.ring = AudioRing(pending + context)
+        self.vad = VoiceActivity(rate, config.vad_aggressiveness)
+        self.chunker = Chunker(spec, self.ring, self.vad.voiced)
+        max_frames = max(4, (config.delay_ms + config.lead_ms) * spec.fps // 1000 * 2)
+        self.output = OutputBuffer(spec, max_frames=max_frames + 2 * spec.chunk_frames)
+        self.segments = SegmentTracker(rate)
+        self.stats = StreamStats()
+        self.anchor: float | None = None
+        self._delay = config.delay_ms * rate // 1000
+        self._lead = config.lead_ms * rate // 1000
+        self._gap = config.gap_fill_ms * rate // 1000
+        self._slack = config.live_slack_ms * rate // 1000
+        self._pending_limit = pending
+
+    # -- clock ---------------------------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        return self.anchor is not None
+
+    def start(self, now: float, captured: int = 0) -> None:
+        """Anchor the clock: ``captured`` samples (the first block) ended at wall time ``now``."""
+        if self.anchor is None:
+            self.anchor = now - captured / self.spec.sample_rate
+
+    def wall_sample(self, now: float) -> int:
+        """The media-clock sample being captured at wall time ``now``."""
+        assert self.anchor is not None
+        return int((now - self.anchor) * self.spec.sample_rate)
+
+    def due(self, sample: int) -> float:
+        """Wall time at which media-clock sample ``sample`` is due for playout."""
+        assert self.anchor is not None
+        return self.anchor + (sample + self._delay) / self.spec.sample_rate
+
+    def play_sample(self, now: float) -> int:
+        """The media-clock sample due for playout at wall time ``now``."""
+        return self.wall_sample(now) - self._delay
+
+    def frame_due(self, frame: int) -> float:
+        return self.due(self.spec.frame_start(frame))
+
+    # -- input ---------------------------------------------------------------------------------
+
+    def push(self, audio: np.ndarray, now: float) -> int:
+        """Append mono float32 audio at the engine's rate; returns samples accepted."""
+        x = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if x.shape[0] == 0:
+            return 0
+        self.start(now, x.shape[0])
+        self.stats.input_samples += x.shape[0]
+        if self.config.live:
+            # A live block ends "now": if the ring already reaches past that (silence was filled
+            # during a stall), the block's head is stale and is dropped to keep latency bounded.
+            excess = self.ring.end + x.shape[0] - self.wall_sample(now) - self._slack
+            if excess > 0:
+                drop = min(excess, x.shape[0])
+                self.stats.input_dropped_samples += drop
+                x = x[drop:]
+        else:
+            room = self._pending_limit - (self.ring.end - self.output.audio_head)
+            if room < x.shape[0]:
+                self.stats.input_dropped_samples += x.shape[0] - max(room, 0)
+                x = x[: max(room, 0)]
+        if x.shape[0]:
+            self.segments.on_push(self.ring.end)
+            self._append(x)
+        return int(x.shape[0])
+
+    def pending_samples(self) -> int:
+        """Audio appended but not yet played (what a pushing client has queued)."""
+        return max(0, self.ring.end - self.output.audio_head)
+
+    def _append(self, x: np.ndarray) -> None:
+        self.ring.append(x)
+        self.vad.push(x)
+
+    def end_segment(self) -> int | None:
+        return self.segments.end_segment(self.ring.end)
+
+    # -- chunks --------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[AudioChunk]:
+        """Fill silence over stalls and cut every chunk that is ready and within the lead."""
+        if self.anchor is None:
+            return []
+        wall = self.wall_sample(now)
+        if self.config.live:
+            # A live source stalled: keep the clock moving with silence so the avatar idles.
+            behind = self.ring.end < wall - self._gap
+            target = wall
+        else:
+            # Pushed audio: keep silence queued slightly ahead so idle chunks are never late;
+            # speech pushed later lands right after it.
+            target = wall + self._delay // 2
+            behind = self.ring.end < target
+        if behind:
+            fill = max(target, self.chunker.needed_until()) - self.ring.end
+            self._append(np.zeros(fill, dtype=np.float32))
+            self.stats.silence_filled_samples += fill
+        chunks = self.chunker.pop_ready(release_until=wall + self._delay + self._lead)
+        self.stats.chunks_cut += len(chunks)
+        return chunks
+
+    # -- output --------------------------------------------------------------------------------
+
+    def accept(self, chunk: VideoChunk) -> bool:
+        """Store an engine result; False when it belonged to a cleared epoch."""
+        return self.output.put(chunk)
+
+    def skip(self, chunk: AudioChunk) -> None:
+        """A chunk the engine will never render (dropped under load): its audio still plays."""
+        if chunk.epoch >= self.chunker.epoch:
+            self.output.put_audio_only(chunk.start, chunk.samples.copy())
+
+    def playback_events(self) -> list[PlaybackEvent]:
+        return self.segments.advance(self.output.audio_head)
+
+    def clear(self) -> tuple[int, list[PlaybackEvent]]:
+        """Barge-in: drop queued speech and pending output; the next chunk is idle.
+
+        Returns:
+            ``(epoch, events)``: the new epoch (older chunks are stale) and the playback events.
+        """
+        head = max(self.spec.frame_at(self.output.audio_head), self.output.video_head)
+        cut_frame = min(self.chunker.next_frame, head)
+        cut = self.spec.frame_start(cut_frame)
+        events = self.segments.clear(self.output.audio_head)
+        if self.ring.end > cut:
+            self.ring.truncate(max(cut, self.ring.begin))
+            # Relabel from the last whole VAD frame before the cut.
+            self.vad.truncate(self.ring.end)
+            self.vad.push(self.ring.read(self.vad.labelled_until, self.ring.end))
+        self.chunker.rewind(cut_frame)
+        self.output.cut(cut_frame, self.chunker.epoch)
+        return self.chunker.epoch, events

@@ -1,0 +1,110 @@
+"""Typed, frozen, validated server configuration: a TOML file, then command-line flags on top."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from liveface.errors import ConfigError
+
+ENGINES = ("warp", "diffusion")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``run_avatar.py serve`` needs. Per-session state never lives here.
+
+    Attributes:
+        host, port: HTTP listen address (loopback by default; expose it deliberately).
+        engine: ``warp`` (CPU, no weights, the default) or ``diffusion`` (needs ``checkpoint``).
+        portrait: default portrait image path (None: the engine's built-in portrait).
+        fps, width, height: output video.
+        chunk_frames: video frames per engine chunk (smaller: lower latency, more overhead).
+        lookahead_ms: audio the engine may read past a chunk's end (0: strictly causal).
+        max_sessions: concurrent sessions; the next offer gets a 503.
+        delay_ms: fixed output delay absorbing engine and network jitter (live sessions).
+        zmq: ZeroMQ ROUTER address to bind (None: no ZeroMQ endpoint).
+        http: serve HTTP/WebRTC (False with ``zmq`` set runs ZeroMQ only).
+        zmq_curve_dir: directory with ``server.key_secret`` and ``authorized_clients/`` (CURVE).
+        checkpoint: diffusion checkpoint directory.
+        max_upload_mb: largest portrait upload accepted.
+        audio_jitter_packets: audio packets aiortc holds before decoding (its default is 4).
+        uvloop: use uvloop when installed.
+        log_level: Python logging level name.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    engine: str = "warp"
+    portrait: str | None = None
+    fps: int = 25
+    width: int = 512
+    height: int = 512
+    chunk_frames: int = 1
+    lookahead_ms: int = 0
+    max_sessions: int = 4
+    delay_ms: int = 80
+    zmq: str | None = None
+    http: bool = True
+    zmq_curve_dir: str | None = None
+    checkpoint: str | None = None
+    max_upload_mb: float = 10.0
+    audio_jitter_packets: int = 0
+    uvloop: bool = True
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.engine not in ENGINES:
+            problems.append(f"engine must be one of {', '.join(ENGINES)} (got {self.engine!r})")
+        if not 0 < self.port < 65536:
+            problems.append(f"port must be 1..65535 (got {self.port})")
+        if not 1 <= self.fps <= 60:
+            problems.append(f"fps must be 1..60 (got {self.fps})")
+        for name in ("width", "height"):
+            v = getattr(self, name)
+            if not (64 <= v <= 2048 and v % 2 == 0):
+                problems.append(f"{name} must be an even number in 64..2048 (got {v})")
+        if not 1 <= self.chunk_frames <= 64:
+            problems.append(f"chunk_frames must be 1..64 (got {self.chunk_frames})")
+        if not 0 <= self.lookahead_ms <= 500:
+            problems.append(f"lookahead_ms must be 0..500 (got {self.lookahead_ms})")
+        if self.max_sessions < 1:
+            problems.append(f"max_sessions must be >= 1 (got {self.max_sessions})")
+        if not 0 <= self.delay_ms <= 5000:
+            problems.append(f"delay_ms must be 0..5000 (got {self.delay_ms})")
+        if not 0 <= self.audio_jitter_packets <= 16:
+            problems.append(f"audio_jitter_packets must be 0..16 (got {self.audio_jitter_packets})")
+        if not self.http and not self.zmq:
+            problems.append("with http off, set zmq to an address, or nothing is served")
+        if self.portrait is not None and not Path(self.portrait).is_file():
+            problems.append(f"portrait {self.portrait} is not a file")
+        if problems:
+            raise ConfigError("invalid configuration: " + "; ".join(problems))
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides: Any) -> ServerConfig:
+        """Read a TOML file (a ``[server]`` table or top-level keys), then apply ``overrides``.
+
+        ``None`` overrides are ignored, so unset command-line flags keep the file's values.
+        """
+        values: dict[str, Any] = {}
+        if path is not None:
+            p = Path(path)
+            try:
+                data = tomllib.loads(p.read_text())
+            except (OSError, tomllib.TOMLDecodeError) as e:
+                raise ConfigError(f"cannot read config file {p}: {e}") from e
+            values.update(data.get("server", data))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+        try:
+            return cls(**values)
+        except TypeError as e:
+            raise ConfigError(f"invalid configuration: {e}") from e

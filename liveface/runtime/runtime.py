@@ -1,0 +1,47 @@
+"""The process-wide runtime: one engine, its worker, the session registry and the metrics.
+
+HTTP/WebRTC and ZeroMQ share one Runtime, so sessions of both transports are batched together on the
+one EngineWorker and count against one session limit.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from liveface.engines.base import Engine
+from liveface.runtime.config import ServerConfig
+from liveface.runtime.metrics import Metrics
+from liveface.runtime.registry import SessionRegistry
+from liveface.runtime.worker import EngineWorker
+
+
+class Runtime:
+    """Owns the engine worker; ``start()`` then ``await aclose()``.
+
+    Args:
+        config: the server config.
+        engine: the engine (built by the caller; tests pass their own).
+        default_portrait: RGB ``(h, w, 3)`` used when a client sends none (None: the engine's own).
+    """
+
+    def __init__(
+        self, config: ServerConfig, engine: Engine, default_portrait: np.ndarray | None = None
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.default_portrait = default_portrait
+        self.metrics = Metrics()
+        self.worker = EngineWorker(engine, self.metrics)
+        self.registry = SessionRegistry(config.max_sessions, self.metrics)
+        self.started = time.monotonic()
+
+    def start(self) -> None:
+        self.worker.start()
+
+    async def aclose(self) -> None:
+        """End every session, stop the worker, release the engine."""
+        await self.registry.aclose_all()
+        self.worker.stop()
+        self.engine.shutdown()

@@ -1,0 +1,114 @@
+"""The outgoing WebRTC tracks: they own the clock (CONVENTIONS #1).
+
+Both tracks pace against the same session anchor: media-clock sample ``s`` is sent at
+``stream.due(s)``. Video pts are ``frame_start(n)`` in 90 kHz units and audio pts are sample
+indices, so the two RTP clocks and their RTCP sender reports describe one timeline and the
+receiver lines lips and voice up by construction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import time
+
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import AudioFrame, VideoFrame
+
+from liveface.runtime.session import Session
+
+VIDEO_CLOCK = 90000
+AUDIO_BLOCK_MS = 20
+#: How far behind its schedule a track may fall before it jumps to "now" instead of bursting.
+CATCH_UP_S = 0.2
+
+
+async def _wait_for_output(session: Session) -> None:
+    """Wait until the session's first result arrived (or the session ended)."""
+    out = session.stream.output
+    while out.first_buffered() is None and out.last_frame is None:
+        if session.closing:
+            raise MediaStreamError
+        session.new_result.clear()
+        await session.new_result.wait()
+
+
+class AvatarVideoTrack(MediaStreamTrack):
+    """Frames of a session at its fps; the last frame is repeated when the engine is late."""
+
+    kind = "video"
+
+    def __init__(self, session: Session) -> None:
+        super().__init__()
+        self._session = session
+        self._next: int | None = None
+        self._time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        self.sent = 0
+
+    async def recv(self) -> VideoFrame:
+        if self.readyState != "live" or self._session.closing:
+            raise MediaStreamError
+        session = self._session
+        stream, spec = session.stream, session.spec
+        out = stream.output
+        if self._next is None:
+            await _wait_for_output(session)
+            first = out.first_buffered()
+            self._next = first if first is not None else 0
+        n = self._next
+        delay = stream.frame_due(n) - time.monotonic()
+        if delay < -CATCH_UP_S:
+            # Far behind (the event loop stalled): resume at the frame due now, don't burst.
+            n = spec.frame_at(max(0, stream.play_sample(time.monotonic())))
+        elif delay > 0:
+            await asyncio.sleep(delay)
+        if session.closing:
+            raise MediaStreamError
+        frame, _fresh = out.take_frame(n)
+        self._next = n + 1
+        assert frame is not None  # _wait_for_output guarantees a first frame
+        vf = VideoFrame.from_ndarray(frame, format="rgb24")
+        vf.pts = spec.frame_start(n) * VIDEO_CLOCK // spec.sample_rate
+        vf.time_base = self._time_base
+        self.sent += 1
+        return vf
+
+
+class AvatarAudioTrack(MediaStreamTrack):
+    """The audio the frames animate, 20 ms at a time, on the same clock as the video."""
+
+    kind = "audio"
+
+    def __init__(self, session: Session) -> None:
+        super().__init__()
+        self._session = session
+        rate = session.spec.sample_rate
+        self._block = rate * AUDIO_BLOCK_MS // 1000
+        self._next: int | None = None
+        self._time_base = fractions.Fraction(1, rate)
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live" or self._session.closing:
+            raise MediaStreamError
+        session = self._session
+        stream = session.stream
+        if self._next is None:
+            await _wait_for_output(session)
+            self._next = stream.output.audio_head // self._block
+        start = self._next * self._block
+        delay = stream.due(start) - time.monotonic()
+        if delay < -CATCH_UP_S:
+            start = max(0, stream.play_sample(time.monotonic())) // self._block * self._block
+        elif delay > 0:
+            await asyncio.sleep(delay)
+        if session.closing:
+            raise MediaStreamError
+        x = stream.output.take_audio(start, self._block)
+        self._next = start // self._block + 1
+        pcm = (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16).reshape(1, -1)
+        af = AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        af.sample_rate = session.spec.sample_rate
+        af.pts = start
+        af.time_base = self._time_base
+        return af

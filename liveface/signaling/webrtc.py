@@ -1,0 +1,218 @@
+"""One WebRTC peer: its RTCPeerConnection, its Session, the microphone ingest, the stats channel."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import RtpPacket
+
+from liveface.errors import BadInputError
+from liveface.pipeline.ingest import Resampler, pcm_to_float
+from liveface.runtime.session import Session
+from liveface.signaling.tracks import AvatarAudioTrack, AvatarVideoTrack
+
+log = logging.getLogger(__name__)
+
+#: A peer whose microphone sends nothing for this long is gone (browsers send silence packets
+#: while muted, so a healthy peer is never this quiet).
+PEER_SILENT_TIMEOUT_S = 5.0
+STATS_INTERVAL_S = 1.0
+
+
+class AudioJitterBuffer(JitterBuffer):
+    """aiortc's audio jitter buffer with a configurable hold, in whole packets.
+
+    aiortc holds 4 Opus packets (80 ms) before decoding. On a healthy path that is pure latency, so
+    the default here hands each packet on as soon as it is the next in sequence (``hold=0``); a
+    gap is skipped once ``hold`` newer packets are waiting, and a late packet is dropped.
+    """
+
+    def __init__(self, hold: int = 0) -> None:
+        super().__init__(capacity=16, prefetch=hold)
+        self._hold = hold
+        self._expected: int | None = None
+        self._waiting: dict[int, RtpPacket] = {}
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        seq = packet.sequence_number
+        if self._expected is None:
+            self._expected = seq
+        behind = (self._expected - seq) & 0xFFFF
+        if 0 < behind < 0x8000:
+            return False, None  # late: its time has passed
+        self._waiting[seq] = packet
+        return False, self._pop()
+
+    def _pop(self) -> JitterFrame | None:
+        assert self._expected is not None
+        packet = self._waiting.pop(self._expected, None)
+        if packet is None and len(self._waiting) > self._hold:
+            # The expected packet is lost: skip to the oldest one waiting.
+            seq = min(self._waiting, key=lambda s: (s - self._expected) & 0xFFFF)  # type: ignore[operator]
+            packet = self._waiting.pop(seq)
+            self._expected = seq
+        if packet is None:
+            return None
+        self._expected = (self._expected + 1) & 0xFFFF
+        # aiortc's receiver emits one frame per add(); a frame still waiting goes out next time.
+        return JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
+
+
+def tune_audio_jitter(pc: RTCPeerConnection, hold: int) -> int:
+    """Install :class:`AudioJitterBuffer` on every audio receiver of ``pc``; returns how many.
+
+    aiortc exposes no setting for this, so the receiver's private buffer is replaced; the test
+    suite checks that the attribute still exists in the installed aiortc.
+    """
+    count = 0
+    for t in pc.getTransceivers():
+        if t.kind == "audio":
+            attr = "_RTCRtpReceiver__jitter_buffer"
+            if not hasattr(t.receiver, attr):
+                raise RuntimeError("this aiortc has no receiver jitter buffer to tune")
+            setattr(t.receiver, attr, AudioJitterBuffer(hold))
+            count += 1
+    return count
+
+
+def offer_has_audio(sdp: str) -> bool:
+    return any(line.startswith("m=audio") for line in sdp.splitlines())
+
+
+class PeerSession:
+    """Owns a peer connection and the session behind it; ``aclose`` ends both."""
+
+    def __init__(
+        self,
+        session: Session,
+        jitter_packets: int,
+        on_closed: Callable[[PeerSession], None],
+    ) -> None:
+        self.session = session
+        self.pc = RTCPeerConnection()
+        self._jitter = jitter_packets
+        self._on_closed = on_closed
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+        self.last_audio = time.monotonic()
+        self.video = AvatarVideoTrack(session)
+        self.audio = AvatarAudioTrack(session)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def answer(self, sdp: str, kind: str) -> RTCSessionDescription:
+        """Apply the client's offer and produce the answer.
+
+        Raises:
+            BadInputError: the SDP is not a usable offer.
+        """
+        if kind != "offer":
+            raise BadInputError(f'"type" must be "offer" (got {kind!r})')
+        if not offer_has_audio(sdp):
+            raise BadInputError("the offer has no audio: send the microphone track")
+        pc = self.pc
+        pc.on("track", self._on_track)
+        pc.on("datachannel", self._on_datachannel)
+        pc.on("connectionstatechange", self._on_state)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+        except Exception as e:  # aiortc raises ValueError and friends for bad SDP
+            raise BadInputError(f"the SDP offer could not be parsed: {e}") from e
+        pc.addTrack(self.audio)
+        pc.addTrack(self.video)
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)
+        tune_audio_jitter(pc, self._jitter)
+        self._spawn(self._watchdog())
+        return pc.localDescription
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            self._spawn(self._ingest(track))
+
+    def _on_datachannel(self, channel: Any) -> None:
+        if channel.label == "stats":
+            self._spawn(self._send_stats(channel))
+
+    def _on_state(self) -> None:
+        if self.pc.connectionState in ("failed", "closed"):
+            self._spawn(self.aclose(f"peer {self.pc.connectionState}"))
+
+    async def _ingest(self, track: MediaStreamTrack) -> None:
+        """Microphone frames (48 kHz Opus, decoded) -> mono float at the engine's rate."""
+        resampler: Resampler | None = None
+        rate = self.session.spec.sample_rate
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            self.last_audio = time.monotonic()
+            channels = len(frame.layout.channels)
+            pcm = frame.to_ndarray().reshape(-1)  # packed s16: (1, samples * channels)
+            x = pcm_to_float(pcm, "s16le", channels)
+            if resampler is None or resampler.in_rate != frame.sample_rate:
+                resampler = Resampler(frame.sample_rate, rate)
+            self.session.push(resampler.push(x))
+
+    async def _watchdog(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(1.0)
+            if time.monotonic() - self.last_audio > PEER_SILENT_TIMEOUT_S:
+                self._spawn(self.aclose("peer silent"))
+                return
+
+    async def _send_stats(self, channel: Any) -> None:
+        session = self.session
+        last_sent, last_t = self.video.sent, time.monotonic()
+        while channel.readyState != "closed" and not self._closing:
+            await asyncio.sleep(STATS_INTERVAL_S)
+            if channel.readyState != "open":
+                continue
+            now = time.monotonic()
+            fps = (self.video.sent - last_sent) / (now - last_t)
+            last_sent, last_t = self.video.sent, now
+            stats = session.stream.output.stats
+            engine_ms = sorted(session.engine_ms)
+            channel.send(
+                json.dumps(
+                    {
+                        "fps": round(fps, 1),
+                        "server_delay_ms": session.stream.config.delay_ms,
+                        "engine_ms_p50": engine_ms[len(engine_ms) // 2] if engine_ms else None,
+                        "frames_repeated": stats.frames_repeated,
+                        "frames_late": stats.frames_late,
+                        "chunks_skipped": session.chunks_skipped,
+                    }
+                )
+            )
+
+    async def aclose(self, reason: str = "closed") -> None:
+        if self._closing:
+            return
+        self._closing = True
+        log.info("session %s ending: %s", self.session.id, reason)
+        current = asyncio.current_task()
+        for t in list(self._tasks):
+            if t is not current:
+                t.cancel()
+        await self.session.aclose(reason)
+        with contextlib.suppress(Exception):
+            await self.pc.close()
+        for t in list(self._tasks):
+            if t is not current:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+        self._on_closed(self)

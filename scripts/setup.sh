@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create .venv and install the runtime (default) or the runtime plus tests (--dev).
+# Safe to re-run. CPU only: torch is pinned to the local CPU wheel for the tests; see README for GPUs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+PIP=".venv/bin/python -m pip"
+$PIP install -q --upgrade pip
+extras=""
+if [ "${1:-}" = "--dev" ]; then
+  # torch first and pinned: an unpinned torch would pull several GB of CUDA packages.
+  $PIP install -q "torch==2.13.0"
+  extras="[dev,diffusion,fast]"
+fi
+$PIP install -q -e ".${extras}"
+# mediapipe 0.10.21 is the last release that bundles the face-mesh model. Its declared requirements
+# (jax, opencv-contrib, protobuf<5) conflict with ours; it runs with the few in this file.
+$PIP install -q -r scripts/requirements-mediapipe.txt
+$PIP install -q --no-deps "mediapipe==0.10.21"
+.venv/bin/python -c "import mediapipe.python.solutions.face_mesh" >/dev/null

@@ -1,0 +1,132 @@
+"""A real aiortc client against the real server on loopback, with the pattern test engine."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import numpy as np
+import pytest
+from aiohttp import web
+
+from liveface.runtime.config import ServerConfig
+from liveface.runtime.runtime import Runtime
+from liveface.signaling.http import build_app
+from tests.doubles import PatternEngine, decode_index, mouth_level
+from tests.signaling.peer import MIC_RATE, Client
+
+
+def tone_then_silence(speech_s=1.5, silence_s=1.5):
+    t = np.arange(int(speech_s * MIC_RATE)) / MIC_RATE
+    speech = 0.3 * np.sin(2 * np.pi * 180 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))
+    return np.concatenate([speech, np.zeros(int(silence_s * MIC_RATE))]).astype(np.float32)
+
+
+@pytest.fixture
+async def server():
+    engine = PatternEngine(size=128, chunk_frames=1, first_chunk_frames=1)
+    config = ServerConfig(max_sessions=2, delay_ms=80)
+    runtime = Runtime(config, engine)
+    app = build_app(runtime, own_runtime=True)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}", runtime, engine
+    await runner.cleanup()
+
+
+async def test_client_gets_frames_in_order_and_mouth_follows_audio(server):
+    url, runtime, engine = server
+    client = Client(url, tone_then_silence())
+    answer = await client.connect()
+    assert answer["status"] == 200 and answer["width"] == 128
+    await asyncio.sleep(3.2)
+    await client.close()
+    assert len(client.video) > 40
+    indices = [decode_index(f) for _, _, f in client.video]
+    # Frames come in media-clock order; pts derive from the frame index.
+    assert indices == sorted(indices)
+    fps = runtime.engine.spec.fps
+    for (_, pts, _), n in zip(client.video, indices, strict=True):
+        assert pts % (90000 // fps) == 0
+    levels = {n: mouth_level(f) for n, (_, _, f) in zip(indices, client.video, strict=True)}
+    speech = [v for n, v in levels.items() if 5 <= n < 35]
+    silence = [v for n, v in levels.items() if n >= 45]
+    assert np.mean(speech) > np.mean(silence) + 30
+    assert np.std(silence) < 5
+    await asyncio.sleep(0.5)
+    assert len(runtime.registry) == 0  # the peer left: its session is gone
+    assert all(st.closed for st in engine.opened)
+
+
+async def test_capacity_and_bad_input_get_json_errors(server):
+    url, runtime, _ = server
+    async with aiohttp.ClientSession() as http:
+        async def post(**kw):
+            async with http.post(f"{url}/offer", **kw) as r:
+                return r.status, await r.json()
+
+        status, body = await post(data=b"{not json", headers={"Content-Type": "application/json"})
+        assert status == 400 and "JSON" in body["error"]["message"]
+        status, body = await post(json={"sdp": "v=0\r\nnonsense", "type": "offer"})
+        assert status == 400 and "audio" in body["error"]["message"]
+        status, body = await post(json={"sdp": 5, "type": "offer"})
+        assert status == 400
+        status, body = await post(json={"sdp": "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n",
+                                        "type": "offer"})
+        assert status == 400 and "SDP" in body["error"]["message"]
+        status, body = await post(json={"sdp": "x", "type": "offer",
+                                        "portrait": "data:image/png;base64,aGVsbG8="})
+        assert status == 400 and "image" in body["error"]["message"]
+    flat = "data:image/png;base64," + _png_b64(np.full((64, 64, 3), 90, np.uint8))
+    c0 = Client(url, tone_then_silence())
+    r = await c0.connect(portrait=flat)
+    assert r["status"] == 422 and r["error"]["code"] == "no_face"
+    await c0.close()
+    assert len(runtime.registry) == 0
+    clients = [Client(url, tone_then_silence()) for _ in range(3)]
+    results = [await c.connect() for c in clients]
+    assert [r["status"] for r in results] == [200, 200, 503]
+    assert results[2]["error"]["retryable"] is True
+    for c in clients:
+        await c.close()
+    t0 = time.monotonic()
+    while len(runtime.registry) and time.monotonic() - t0 < 8:
+        await asyncio.sleep(0.1)
+    assert len(runtime.registry) == 0
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/health") as r:
+        assert r.status == 200 and (await r.json())["sessions"] == 0
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as r:
+        text = await r.text()
+    assert "liveface_sessions_refused_total 1" in text
+
+
+async def test_vanished_peer_is_freed_within_seconds(server, monkeypatch):
+    import liveface.signaling.webrtc as webrtc
+
+    monkeypatch.setattr(webrtc, "PEER_SILENT_TIMEOUT_S", 1.0)
+    url, runtime, engine = server
+    client = Client(url, tone_then_silence(1.0, 10.0))
+    await client.connect()
+    await asyncio.sleep(1.0)
+    assert len(runtime.registry) == 1
+    # Vanish without a goodbye: stop sending media, never close the connection politely.
+    client.mic.stop()
+    t0 = time.monotonic()
+    while len(runtime.registry) and time.monotonic() - t0 < 5:
+        await asyncio.sleep(0.1)
+    assert len(runtime.registry) == 0
+    assert engine.opened[-1].closed
+    await client.close()
+
+
+def _png_b64(img: np.ndarray) -> str:
+    import base64
+
+    import cv2
+
+    ok, buf = cv2.imencode(".png", img)
+    return base64.b64encode(buf.tobytes()).decode()
