@@ -113,6 +113,9 @@ class PatternEngine(Engine):
             audio=chunk.samples.copy(), voiced=chunk.voiced, epoch=chunk.epoch,
         )
 
+    def describe(self, state: EngineState) -> dict[str, Any]:
+        return {"mouth_box": list(MOUTH_BOX)}
+
     def interrupt(self, state: EngineState) -> None:
         assert isinstance(state, PatternState)
         state.interrupted += 1

@@ -183,5 +183,10 @@ class Engine(abc.ABC):
     def close(self, state: EngineState) -> None:
         """Free everything the session held."""
 
+    def describe(self, state: EngineState) -> dict[str, Any]:
+        """Facts about the session's avatar a client may use, e.g. ``{"mouth_box": [x0, y0, x1,
+        y1]}`` as fractions of the frame. Engines with nothing to say return ``{}``."""
+        return {}
+
     def shutdown(self) -> None:  # noqa: B027 - optional hook, most engines hold nothing global
         """Release engine-wide resources when the server stops."""

@@ -105,6 +105,10 @@ class Session:
         self.worker.register(self.id, self._state, self)
         self._spawn(self._tick_loop())
 
+    def describe(self) -> dict[str, Any]:
+        """The engine's facts about this session's avatar (see ``Engine.describe``)."""
+        return self.worker.engine.describe(self._state) if self._state is not None else {}
+
     def start_clock(self) -> None:
         """Start the media clock now (pushed-audio transports: the avatar idles from here)."""
         self.stream.start(time.monotonic())

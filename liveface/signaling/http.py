@@ -123,7 +123,8 @@ async def offer(request: web.Request) -> web.Response:
         raise
     return web.json_response(
         {"sdp": answer.sdp, "type": answer.type, "session": session.id,
-         "width": session.spec.width, "height": session.spec.height, "fps": session.spec.fps}
+         "width": session.spec.width, "height": session.spec.height, "fps": session.spec.fps,
+         "avatar": session.describe()}
     )
 
 

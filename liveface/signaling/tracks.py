@@ -24,6 +24,27 @@ AUDIO_BLOCK_MS = 20
 CATCH_UP_S = 0.2
 
 
+class SendLatency:
+    """How long the sender takes from ``recv()`` returning a frame to asking for the next one:
+    aiortc encodes the frame (in an executor) and sends its packets in between. A track hands
+    frames out this much before their due time, so that packets leave *at* the due time and the
+    RTCP sender reports map both tracks' RTP clocks to the same wall time."""
+
+    MAX_S = 0.1
+
+    def __init__(self) -> None:
+        self._returned: float | None = None
+        self.estimate = 0.0
+
+    def on_call(self) -> None:
+        if self._returned is not None:
+            sample = min(time.monotonic() - self._returned, self.MAX_S)
+            self.estimate += 0.1 * (sample - self.estimate)
+
+    def on_return(self) -> None:
+        self._returned = time.monotonic()
+
+
 async def _wait_for_output(session: Session) -> None:
     """Wait until the session's first result arrived (or the session ended)."""
     out = session.stream.output
@@ -45,10 +66,12 @@ class AvatarVideoTrack(MediaStreamTrack):
         self._next: int | None = None
         self._time_base = fractions.Fraction(1, VIDEO_CLOCK)
         self.sent = 0
+        self.send_latency = SendLatency()
 
     async def recv(self) -> VideoFrame:
         if self.readyState != "live" or self._session.closing:
             raise MediaStreamError
+        self.send_latency.on_call()
         session = self._session
         stream, spec = session.stream, session.spec
         out = stream.output
@@ -57,7 +80,7 @@ class AvatarVideoTrack(MediaStreamTrack):
             first = out.first_buffered()
             self._next = first if first is not None else 0
         n = self._next
-        delay = stream.frame_due(n) - time.monotonic()
+        delay = stream.frame_due(n) - self.send_latency.estimate - time.monotonic()
         if delay < -CATCH_UP_S:
             # Far behind (the event loop stalled): resume at the frame due now, don't burst.
             n = spec.frame_at(max(0, stream.play_sample(time.monotonic())))
@@ -72,6 +95,7 @@ class AvatarVideoTrack(MediaStreamTrack):
         vf.pts = spec.frame_start(n) * VIDEO_CLOCK // spec.sample_rate
         vf.time_base = self._time_base
         self.sent += 1
+        self.send_latency.on_return()
         return vf
 
 
@@ -87,17 +111,19 @@ class AvatarAudioTrack(MediaStreamTrack):
         self._block = rate * AUDIO_BLOCK_MS // 1000
         self._next: int | None = None
         self._time_base = fractions.Fraction(1, rate)
+        self.send_latency = SendLatency()
 
     async def recv(self) -> AudioFrame:
         if self.readyState != "live" or self._session.closing:
             raise MediaStreamError
+        self.send_latency.on_call()
         session = self._session
         stream = session.stream
         if self._next is None:
             await _wait_for_output(session)
             self._next = stream.output.audio_head // self._block
         start = self._next * self._block
-        delay = stream.due(start) - time.monotonic()
+        delay = stream.due(start) - self.send_latency.estimate - time.monotonic()
         if delay < -CATCH_UP_S:
             start = max(0, stream.play_sample(time.monotonic())) // self._block * self._block
         elif delay > 0:
@@ -111,4 +137,5 @@ class AvatarAudioTrack(MediaStreamTrack):
         af.sample_rate = session.spec.sample_rate
         af.pts = start
         af.time_base = self._time_base
+        self.send_latency.on_return()
         return af
