@@ -1,8 +1,8 @@
 """The outgoing WebRTC tracks: they own the clock (CONVENTIONS #1).
 
 Both tracks pace against the same session anchor: media-clock sample ``s`` is sent at
-``stream.due(s)``. Video pts are ``frame_start(n)`` in 90 kHz units and audio pts are sample
-indices, so the two RTP clocks and their RTCP sender reports describe one timeline and the
+``stream.due(s)``. Video pts are ``frame_start(n)`` in 90 kHz units and audio pts are media-clock
+samples in 48 kHz units, so the two RTP clocks and their RTCP sender reports describe one timeline and the
 receiver lines lips and voice up by construction.
 """
 
@@ -13,6 +13,7 @@ import fractions
 import time
 
 import numpy as np
+from scipy.signal import resample_poly
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, VideoFrame
 
@@ -100,17 +101,30 @@ class AvatarVideoTrack(MediaStreamTrack):
 
 
 class AvatarAudioTrack(MediaStreamTrack):
-    """The audio the frames animate, 20 ms at a time, on the same clock as the video."""
+    """The audio the frames animate, 20 ms at a time at 48 kHz, on the same clock as the video.
+
+    aiortc's Opus encoder stamps packets by the samples it has encoded, and its resampler holds
+    back a partial frame whenever the input is not already 48 kHz stereo in 960-sample frames -
+    which would send the voice 20 ms after the picture. So the track upsamples itself, with a
+    centred (zero-delay) polyphase filter that reads one block ahead in the output buffer, and
+    hands the encoder frames it passes straight through.
+    """
 
     kind = "audio"
+    OUT_RATE = 48000
 
     def __init__(self, session: Session) -> None:
         super().__init__()
         self._session = session
         rate = session.spec.sample_rate
+        if self.OUT_RATE % rate:
+            raise ValueError(f"engine sample rate {rate} must divide {self.OUT_RATE}")
+        self._up = self.OUT_RATE // rate
         self._block = rate * AUDIO_BLOCK_MS // 1000
         self._next: int | None = None
-        self._time_base = fractions.Fraction(1, rate)
+        self._prev = np.zeros(self._block, np.float32)
+        self._cur: np.ndarray | None = None
+        self._time_base = fractions.Fraction(1, self.OUT_RATE)
         self.send_latency = SendLatency()
 
     async def recv(self) -> AudioFrame:
@@ -119,23 +133,31 @@ class AvatarAudioTrack(MediaStreamTrack):
         self.send_latency.on_call()
         session = self._session
         stream = session.stream
+        out = stream.output
         if self._next is None:
             await _wait_for_output(session)
-            self._next = stream.output.audio_head // self._block
+            self._next = out.audio_head // self._block
         start = self._next * self._block
         delay = stream.due(start) - self.send_latency.estimate - time.monotonic()
         if delay < -CATCH_UP_S:
             start = max(0, stream.play_sample(time.monotonic())) // self._block * self._block
+            self._cur = None
         elif delay > 0:
             await asyncio.sleep(delay)
         if session.closing:
             raise MediaStreamError
-        x = stream.output.take_audio(start, self._block)
-        self._next = start // self._block + 1
-        pcm = (np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16).reshape(1, -1)
-        af = AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-        af.sample_rate = session.spec.sample_rate
-        af.pts = start
+        b = self._block
+        cur = self._cur if self._cur is not None else out.take_audio(start, b)
+        ahead = out.take_audio(start + b, b)
+        window = np.concatenate([self._prev, cur, ahead])
+        y = resample_poly(window, self._up, 1)[b * self._up : 2 * b * self._up]
+        self._prev, self._cur = cur, ahead
+        self._next = start // b + 1
+        pcm = (np.clip(y, -1.0, 1.0) * 32767.0).astype(np.int16)
+        stereo = np.repeat(pcm, 2).reshape(1, -1)  # packed s16: L R L R ...
+        af = AudioFrame.from_ndarray(stereo, format="s16", layout="stereo")
+        af.sample_rate = self.OUT_RATE
+        af.pts = start * self._up
         af.time_base = self._time_base
         self.send_latency.on_return()
         return af

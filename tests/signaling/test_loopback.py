@@ -57,6 +57,11 @@ async def test_client_gets_frames_in_order_and_mouth_follows_audio(server):
     silence = [v for n, v in levels.items() if n >= 45]
     assert np.mean(speech) > np.mean(silence) + 30
     assert np.std(silence) < 5
+    # The animated audio comes back too: loud while the tone played, quiet after.
+    rms = np.array([np.sqrt(np.mean((a.astype(np.float32) / 32768) ** 2)) for _, _, a in
+                    client.audio])
+    assert rms.size > 100
+    assert np.percentile(rms[10:60], 50) > 0.05 and np.percentile(rms[-30:], 50) < 0.01
     await asyncio.sleep(0.5)
     assert len(runtime.registry) == 0  # the peer left: its session is gone
     assert all(st.closed for st in engine.opened)
