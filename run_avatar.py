@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """liveface command line: ``serve`` (default) runs the server, ``render`` makes an mp4 offline.
 
-    python run_avatar.py                       # http://127.0.0.1:8080, CPU engine, default portrait
-    python run_avatar.py serve --port 9000 --portrait me.jpg --max-sessions 8
-    python run_avatar.py serve --zmq tcp://127.0.0.1:5555
-    python run_avatar.py render --audio speech.mp3 --portrait me.jpg --out talk.mp4
+python run_avatar.py                       # http://127.0.0.1:8080, CPU engine, default portrait
+python run_avatar.py serve --port 9000 --portrait me.jpg --max-sessions 8
+python run_avatar.py serve --zmq tcp://127.0.0.1:5555
+python run_avatar.py render --audio speech.mp3 --portrait me.jpg --out talk.mp4
 """
 
 from __future__ import annotations

@@ -22,12 +22,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from liveface.engines.base import AudioChunk, Engine, EngineSpec, EngineState, VideoChunk  # noqa: E402
-from liveface.pipeline.stream import StreamConfig  # noqa: E402
-from liveface.runtime.metrics import Metrics  # noqa: E402
-from liveface.runtime.session import Session, SessionOptions  # noqa: E402
-from liveface.runtime.worker import EngineWorker  # noqa: E402
-from liveface.signaling.tracks import AvatarAudioTrack, AvatarVideoTrack  # noqa: E402
+from liveface.engines.base import AudioChunk, Engine, EngineSpec, EngineState, VideoChunk
+from liveface.pipeline.stream import StreamConfig
+from liveface.runtime.metrics import Metrics
+from liveface.runtime.session import Session, SessionOptions
+from liveface.runtime.worker import EngineWorker
+from liveface.signaling.tracks import AvatarAudioTrack, AvatarVideoTrack
 
 RATE = 16000
 
@@ -38,8 +38,9 @@ class CannedEngine(Engine):
     name = "canned"
 
     def __init__(self, size: int, chunk_frames: int) -> None:
-        self._spec = EngineSpec(fps=25, width=size, height=size, chunk_frames=chunk_frames,
-                                first_chunk_frames=1)
+        self._spec = EngineSpec(
+            fps=25, width=size, height=size, chunk_frames=chunk_frames, first_chunk_frames=1
+        )
         self.frame = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
         self.cpu = 0.0
 
@@ -53,8 +54,14 @@ class CannedEngine(Engine):
     def generate(self, batch: Sequence[tuple[EngineState, AudioChunk]]) -> list[VideoChunk]:
         t = time.thread_time()
         out = [
-            VideoChunk(np.broadcast_to(self.frame, (c.num_frames, *self.frame.shape)),
-                       c.first_frame, c.start, c.samples.copy(), c.voiced, c.epoch)
+            VideoChunk(
+                np.broadcast_to(self.frame, (c.num_frames, *self.frame.shape)),
+                c.first_frame,
+                c.start,
+                c.samples.copy(),
+                c.voiced,
+                c.epoch,
+            )
             for _, c in batch
         ]
         self.cpu += time.thread_time() - t
@@ -120,15 +127,23 @@ def main() -> None:
     ap.add_argument("--chunk-frames", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    runs = [asyncio.run(run(args.seconds, args.sessions, args.size, args.chunk_frames))
-            for _ in range(args.repeats)]
+    runs = [
+        asyncio.run(run(args.seconds, args.sessions, args.size, args.chunk_frames))
+        for _ in range(args.repeats)
+    ]
     per = [r["cpu_ms_per_frame"] for r in runs]
-    print(f"pipeline overhead at {args.size}x{args.size}, {args.sessions} session(s), "
-          f"{args.chunk_frames} frame(s)/chunk, {args.repeats} runs of {args.seconds:.0f} s")
-    print(f"  frames per run: {[r['frames'] for r in runs]}  repeated: "
-          f"{[r['repeated'] for r in runs]}")
-    print(f"  CPU ms per frame excluding engine: median {statistics.median(per):.3f} "
-          f"(runs {', '.join(f'{x:.3f}' for x in per)})")
+    print(
+        f"pipeline overhead at {args.size}x{args.size}, {args.sessions} session(s), "
+        f"{args.chunk_frames} frame(s)/chunk, {args.repeats} runs of {args.seconds:.0f} s"
+    )
+    print(
+        f"  frames per run: {[r['frames'] for r in runs]}  repeated: "
+        f"{[r['repeated'] for r in runs]}"
+    )
+    print(
+        f"  CPU ms per frame excluding engine: median {statistics.median(per):.3f} "
+        f"(runs {', '.join(f'{x:.3f}' for x in per)})"
+    )
 
 
 if __name__ == "__main__":

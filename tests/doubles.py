@@ -54,9 +54,14 @@ class PatternEngine(Engine):
         fail_on: str | None = None,
     ) -> None:
         self._spec = EngineSpec(
-            fps=fps, width=size, height=size, chunk_frames=chunk_frames,
-            first_chunk_frames=first_chunk_frames, left_context=left_context,
-            lookahead=lookahead, max_batch=max_batch,
+            fps=fps,
+            width=size,
+            height=size,
+            chunk_frames=chunk_frames,
+            first_chunk_frames=first_chunk_frames,
+            left_context=left_context,
+            lookahead=lookahead,
+            max_batch=max_batch,
         )
         self.delay_s = delay_s
         self.fail_on = fail_on
@@ -89,7 +94,8 @@ class PatternEngine(Engine):
             time.sleep(self.delay_s)
         out = []
         for state, chunk in batch:
-            assert isinstance(state, PatternState) and not state.closed
+            assert isinstance(state, PatternState)
+            assert not state.closed
             if id(state) in self._fail_states:
                 raise RuntimeError("pattern engine told to fail")
             state.chunks.append(chunk.index)
@@ -109,8 +115,12 @@ class PatternEngine(Engine):
             frames[i, y0:y1, x0:x1] = level
             frames[i, : s.height // 8] = encode_index(n, s.width, s.height // 8)
         return VideoChunk(
-            frames=frames, first_frame=chunk.first_frame, start=chunk.start,
-            audio=chunk.samples.copy(), voiced=chunk.voiced, epoch=chunk.epoch,
+            frames=frames,
+            first_frame=chunk.first_frame,
+            start=chunk.start,
+            audio=chunk.samples.copy(),
+            voiced=chunk.voiced,
+            epoch=chunk.epoch,
         )
 
     def describe(self, state: EngineState) -> dict[str, Any]:
@@ -142,7 +152,9 @@ def decode_index(frame: np.ndarray) -> int:
     block = w // BITS
     n = 0
     for k in range(BITS):
-        cell = frame[rows // 4 : rows * 3 // 4, k * block + block // 4 : (k + 1) * block - block // 4]
+        cell = frame[
+            rows // 4 : rows * 3 // 4, k * block + block // 4 : (k + 1) * block - block // 4
+        ]
         if cell.mean() > 128:
             n |= 1 << k
     return n
@@ -150,6 +162,10 @@ def decode_index(frame: np.ndarray) -> int:
 
 def mouth_level(frame: np.ndarray) -> float:
     h, w = frame.shape[:2]
-    x0, y0, x1, y1 = (int(MOUTH_BOX[0] * w), int(MOUTH_BOX[1] * h), int(MOUTH_BOX[2] * w),
-                      int(MOUTH_BOX[3] * h))
+    x0, y0, x1, y1 = (
+        int(MOUTH_BOX[0] * w),
+        int(MOUTH_BOX[1] * h),
+        int(MOUTH_BOX[2] * w),
+        int(MOUTH_BOX[3] * h),
+    )
     return float(frame[y0:y1, x0:x1].mean())

@@ -70,9 +70,7 @@ class Metrics:
         with self._lock:
             return self._counters.get(name, 0.0)
 
-    def gauge(
-        self, name: str, help: str, read: Callable[[], float], kind: str = "gauge"
-    ) -> None:
+    def gauge(self, name: str, help: str, read: Callable[[], float], kind: str = "gauge") -> None:
         """A value read at scrape time; ``kind="counter"`` for a total computed on read."""
         with self._lock:
             self._gauges[name] = (kind, read)

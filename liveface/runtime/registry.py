@@ -14,19 +14,43 @@ from liveface.runtime.session import Session
 # Per-session counters exported as process totals: (source, field, metric name, help).
 _EXPORTED: list[tuple[str, str, str, str]] = [
     ("out", "frames_out", "liveface_frames_out_total", "Frames played on time"),
-    ("out", "frames_repeated", "liveface_frames_repeated_total",
-     "Frames due but not ready: the last frame was shown again"),
-    ("out", "frames_late", "liveface_frames_late_total",
-     "Frames that arrived after their due time and were dropped"),
-    ("out", "frames_overflow", "liveface_frames_overflow_total",
-     "Frames dropped because a session's output buffer was full"),
-    ("out", "audio_underrun_samples", "liveface_audio_underrun_samples_total",
-     "Output audio samples due but not ready (played as silence)"),
+    (
+        "out",
+        "frames_repeated",
+        "liveface_frames_repeated_total",
+        "Frames due but not ready: the last frame was shown again",
+    ),
+    (
+        "out",
+        "frames_late",
+        "liveface_frames_late_total",
+        "Frames that arrived after their due time and were dropped",
+    ),
+    (
+        "out",
+        "frames_overflow",
+        "liveface_frames_overflow_total",
+        "Frames dropped because a session's output buffer was full",
+    ),
+    (
+        "out",
+        "audio_underrun_samples",
+        "liveface_audio_underrun_samples_total",
+        "Output audio samples due but not ready (played as silence)",
+    ),
     ("in", "input_samples", "liveface_input_samples_total", "Input audio samples received"),
-    ("in", "input_dropped_samples", "liveface_input_dropped_samples_total",
-     "Input samples dropped (stale live audio after a stall, or over a client's queue limit)"),
-    ("in", "silence_filled_samples", "liveface_silence_filled_samples_total",
-     "Silence inserted while no audio arrived (the avatar idles)"),
+    (
+        "in",
+        "input_dropped_samples",
+        "liveface_input_dropped_samples_total",
+        "Input samples dropped (stale live audio after a stall, or over a client's queue limit)",
+    ),
+    (
+        "in",
+        "silence_filled_samples",
+        "liveface_silence_filled_samples_total",
+        "Silence inserted while no audio arrived (the avatar idles)",
+    ),
 ]
 
 
@@ -105,4 +129,3 @@ class SessionRegistry:
         await asyncio.gather(*(s.aclose("server_stopping") for s in sessions))
         for s in sessions:
             self.discard(s)
-

@@ -122,10 +122,14 @@ def render(
     return done
 
 
-def _mux_audio(container: av.container.OutputContainer, stream: av.AudioStream, x: np.ndarray) -> None:
+def _mux_audio(
+    container: av.container.OutputContainer, stream: av.AudioStream, x: np.ndarray
+) -> None:
     if x.shape[0] == 0:
         return
-    frame = av.AudioFrame.from_ndarray(x.reshape(1, -1).astype(np.float32), format="flt", layout="mono")
+    frame = av.AudioFrame.from_ndarray(
+        x.reshape(1, -1).astype(np.float32), format="flt", layout="mono"
+    )
     frame.sample_rate = MUX_RATE
     frame.time_base = fractions.Fraction(1, MUX_RATE)
     for packet in stream.encode(frame):

@@ -88,9 +88,9 @@ class Scheduler:
         q = self._queues.get(session)
         return len(q.items) if q else 0
 
-    def schedule(self, now: float, frame_time: Callable[[Pending], float]) -> tuple[
-        list[Pending], list[Dropped]
-    ]:
+    def schedule(
+        self, now: float, frame_time: Callable[[Pending], float]
+    ) -> tuple[list[Pending], list[Dropped]]:
         """Choose the next batch.
 
         Args:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from liveface.errors import AvatarError, BadInputError, CapacityError, NoFaceError
 from liveface.pipeline.image import decode_image
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).parent / "web"
 
 RUNTIME = web.AppKey("runtime", Runtime)
-PEERS = web.AppKey("peers", set)
+PEERS: web.AppKey[set[PeerSession]] = web.AppKey("peers", set)
 
 
 def error_response(error: AvatarError, status: int) -> web.Response:
@@ -62,6 +62,8 @@ async def _read_offer(request: web.Request) -> tuple[str, str, SessionOptions]:
     if request.content_type.startswith("multipart/"):
         reader = await request.multipart()
         async for part in reader:
+            if not isinstance(part, BodyPartReader):
+                raise BadInputError("nested multipart bodies are not accepted")
             if part.name == "portrait":
                 fields["portrait"] = await part.read()
             elif part.name:
@@ -122,9 +124,15 @@ async def offer(request: web.Request) -> web.Response:
             await session.aclose("offer failed")
         raise
     return web.json_response(
-        {"sdp": answer.sdp, "type": answer.type, "session": session.id,
-         "width": session.spec.width, "height": session.spec.height, "fps": session.spec.fps,
-         "avatar": session.describe()}
+        {
+            "sdp": answer.sdp,
+            "type": answer.type,
+            "session": session.id,
+            "width": session.spec.width,
+            "height": session.spec.height,
+            "fps": session.spec.fps,
+            "avatar": session.describe(),
+        }
     )
 
 
@@ -167,7 +175,8 @@ def build_app(runtime: Runtime, own_runtime: bool = False) -> web.Application:
         if own_runtime:
             runtime.start()
         yield
-        for peer in list(app[PEERS]):
+        peers: set[PeerSession] = app[PEERS]
+        for peer in peers.copy():
             await peer.aclose("server stopping")
         if own_runtime:
             await runtime.aclose()

@@ -2,8 +2,8 @@
 
 Both tracks pace against the same session anchor: media-clock sample ``s`` is sent at
 ``stream.due(s)``. Video pts are ``frame_start(n)`` in 90 kHz units and audio pts are media-clock
-samples in 48 kHz units, so the two RTP clocks and their RTCP sender reports describe one timeline and the
-receiver lines lips and voice up by construction.
+samples in 48 kHz units, so the two RTP clocks and their RTCP sender reports describe one
+timeline and the receiver lines lips and voice up by construction.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import fractions
 import time
 
 import numpy as np
-from scipy.signal import resample_poly
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, VideoFrame
+from scipy.signal import resample_poly
 
 from liveface.runtime.session import Session
 

@@ -14,6 +14,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtpPacket
+from av import AudioFrame
 
 from liveface.errors import BadInputError
 from liveface.pipeline.ingest import Resampler, pcm_to_float
@@ -159,6 +160,8 @@ class PeerSession:
                 frame = await track.recv()
             except MediaStreamError:
                 return
+            if not isinstance(frame, AudioFrame):
+                continue
             self.last_audio = time.monotonic()
             channels = len(frame.layout.channels)
             pcm = frame.to_ndarray().reshape(-1)  # packed s16: (1, samples * channels)

@@ -33,16 +33,26 @@ def make_speech_wav(path: Path, sentences: int = 4, gap_s: float = 1.5) -> Path:
     """espeak-ng sentences separated by silence, 48 kHz mono: the fake microphone's input."""
     parts: list[str] = []
     silence = path.parent / "silence.wav"
-    subprocess.run(["sox", "-n", "-r", "48000", "-c", "1", "-b", "16", str(silence), "trim", "0",
-                    str(gap_s)], check=True)
+    subprocess.run(
+        ["sox", "-n", "-r", "48000", "-c", "1", "-b", "16", str(silence), "trim", "0", str(gap_s)],
+        check=True,
+    )
     parts.append(str(silence))
     for i in range(sentences):
         raw = path.parent / f"say{i}.wav"
         res = path.parent / f"say{i}_48k.wav"
-        subprocess.run(["espeak-ng", "-w", str(raw), f"hello there, this is sentence {i + 1} "
-                        "spoken to the avatar"], check=True)
-        subprocess.run(["sox", str(raw), "-r", "48000", "-c", "1", "-b", "16", str(res)],
-                       check=True)
+        subprocess.run(
+            [
+                "espeak-ng",
+                "-w",
+                str(raw),
+                f"hello there, this is sentence {i + 1} spoken to the avatar",
+            ],
+            check=True,
+        )
+        subprocess.run(
+            ["sox", str(raw), "-r", "48000", "-c", "1", "-b", "16", str(res)], check=True
+        )
         parts += [str(res), str(silence)]
     subprocess.run(["sox", *parts, str(path)], check=True)
     return path
@@ -51,8 +61,15 @@ def make_speech_wav(path: Path, sentences: int = 4, gap_s: float = 1.5) -> Path:
 async def drive(url: str, wav: Path, pages: int, seconds: float) -> dict:
     """Run drive.mjs; returns its JSON (see the script's header)."""
     proc = await asyncio.create_subprocess_exec(
-        "node", str(HERE / "drive.mjs"), url, str(wav), str(pages), str(seconds),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=str(HERE),
+        "node",
+        str(HERE / "drive.mjs"),
+        url,
+        str(wav),
+        str(pages),
+        str(seconds),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=str(HERE),
         env={**os.environ, "CHROMIUM": CHROMIUM},
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=seconds + 90)
@@ -101,9 +118,11 @@ class PageMeasure:
         return [(a + shift, b + shift) for a, b in zip(self.onsets, self.offsets, strict=False)]
 
     def silence_windows(self, shift: float, margin: float = 300.0) -> list[tuple[float, float]]:
-        return [(b + shift + margin, a + shift - margin)
-                for b, a in zip(self.offsets, self.onsets[1:], strict=False)
-                if a - b > 2 * margin]
+        return [
+            (b + shift + margin, a + shift - margin)
+            for b, a in zip(self.offsets, self.onsets[1:], strict=False)
+            if a - b > 2 * margin
+        ]
 
 
 def analyse(page: dict) -> PageMeasure:

@@ -9,8 +9,15 @@ from liveface.pipeline.chunker import Chunker
 
 
 def spec(fps=25, chunk=2, first=1, left=320, look=0):
-    return EngineSpec(fps=fps, width=64, height=64, chunk_frames=chunk, first_chunk_frames=first,
-                      left_context=left, lookahead=look)
+    return EngineSpec(
+        fps=fps,
+        width=64,
+        height=64,
+        chunk_frames=chunk,
+        first_chunk_frames=first,
+        left_context=left,
+        lookahead=look,
+    )
 
 
 @settings(max_examples=60, deadline=None)
@@ -68,10 +75,13 @@ def test_rewind_starts_new_epoch():
     c = Chunker(s, ring, lambda a, b: False)
     ring.append(np.zeros(640 * 5, np.float32))
     chunks = c.pop_ready()
-    assert c.next_frame == 5 and chunks[-1].epoch == 0
+    assert c.next_frame == 5
+    assert chunks[-1].epoch == 0
     c.rewind(3)
     again = c.pop_ready()
-    assert again[0].first_frame == 3 and again[0].epoch == 1 and again[0].num_frames == 2
+    assert again[0].first_frame == 3
+    assert again[0].epoch == 1
+    assert again[0].num_frames == 2
     with pytest.raises(ValueError, match="rewind forward"):
         c.rewind(99)
 

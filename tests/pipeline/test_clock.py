@@ -11,13 +11,15 @@ from liveface.signaling.tracks import VIDEO_CLOCK
 @pytest.mark.parametrize("fps", [24, 25, 30, 50, 60])
 @pytest.mark.parametrize("rate", [16000, 48000])
 def test_frames_tile_the_sample_axis(fps, rate):
-    s = EngineSpec(fps=fps, width=64, height=64, chunk_frames=1, first_chunk_frames=1,
-                   sample_rate=rate)
+    s = EngineSpec(
+        fps=fps, width=64, height=64, chunk_frames=1, first_chunk_frames=1, sample_rate=rate
+    )
     for n in range(0, 5 * fps):
         a, b = s.frame_start(n), s.frame_start(n + 1)
         assert b > a
         # Every sample belongs to exactly one frame.
-        assert s.frame_at(a) == n and s.frame_at(b - 1) == n
+        assert s.frame_at(a) == n
+        assert s.frame_at(b - 1) == n
         # Frame start in seconds is within one sample of n / fps: no drift over time.
         assert abs(Fraction(a, rate) - Fraction(n, fps)) < Fraction(1, rate)
 

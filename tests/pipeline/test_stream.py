@@ -19,7 +19,8 @@ def test_live_stall_fills_silence_then_drops_stale_input():
     assert [c.num_frames for c in p.tick(100.0)] == []  # first chunk needs 640 samples
     # No audio for a second: silence keeps the clock going.
     chunks = p.tick(101.0)
-    assert chunks and p.stats.silence_filled_samples > 0
+    assert chunks
+    assert p.stats.silence_filled_samples > 0
     assert not any(c.voiced for c in chunks if c.start >= RATE // 4)  # past the hangover
     # The stalled audio now arrives late: it is dropped, not queued behind the silence.
     p.push(speech(3200), now=101.0)
@@ -43,15 +44,17 @@ def test_pushed_idle_keeps_silence_ahead_and_clear_rewinds():
     p = StreamPipeline(SPEC, StreamConfig(delay_ms=80, lead_ms=200, live=False))
     p.start(now=0.0)
     idle = p.tick(0.5)
-    assert idle and not any(c.voiced for c in idle)
+    assert idle
+    assert not any(c.voiced for c in idle)
     p.push(speech(RATE * 3), now=0.5)
     p.end_segment()
     cut = p.tick(0.6)
     assert any(c.voiced for c in cut)
-    epoch, events = p.clear()
+    epoch, _events = p.clear()
     assert epoch == 1
     after = p.tick(0.61)
-    assert after and after[0].epoch == 1
+    assert after
+    assert after[0].epoch == 1
     assert not any(c.voiced for c in after)
     assert p.pending_samples() < RATE  # the queued speech is gone
 
@@ -67,5 +70,6 @@ def test_playback_events_follow_the_playhead():
     assert started.kind.value == "playback_started"
     p.output.take_audio(320, RATE // 2)
     (finished,) = p.playback_events()
-    assert finished.kind.value == "playback_finished" and not finished.interrupted
+    assert finished.kind.value == "playback_finished"
+    assert not finished.interrupted
     assert abs(finished.position - 0.5) < 1e-6

@@ -5,8 +5,17 @@ from liveface.runtime.scheduler import Pending, Scheduler
 
 
 def pending(session, index, deadline, epoch=0):
-    c = AudioChunk(index=index, first_frame=index, num_frames=1, start=0, end=640,
-                   window=np.zeros(640, np.float32), context=0, voiced=False, epoch=epoch)
+    c = AudioChunk(
+        index=index,
+        first_frame=index,
+        num_frames=1,
+        start=0,
+        end=640,
+        window=np.zeros(640, np.float32),
+        context=0,
+        voiced=False,
+        epoch=epoch,
+    )
     return Pending(session, c, deadline)
 
 
@@ -39,7 +48,8 @@ def test_full_queue_drops_oldest_and_late_chunks_are_skipped():
     assert s.submit(pending("a", 0, 1.0)) == []
     assert s.submit(pending("a", 1, 1.04)) == []
     (d,) = s.submit(pending("a", 2, 1.08))
-    assert d.reason == "full" and d.pending.chunk.index == 0
+    assert d.reason == "full"
+    assert d.pending.chunk.index == 0
     batch, dropped = s.schedule(1.1, frame_time)  # chunk 1's frame ended at 1.08: late
     assert [p.reason for p in dropped] == ["late"]
     assert [p.chunk.index for p in batch] == [2]
@@ -51,7 +61,8 @@ def test_new_epoch_drops_stale_chunks():
     s.submit(pending("a", 0, 5.0))
     s.submit(pending("a", 1, 5.0))
     stale = s.set_epoch("a", 1)
-    assert len(stale) == 2 and all(d.reason == "stale" for d in stale)
+    assert len(stale) == 2
+    assert all(d.reason == "stale" for d in stale)
     (d,) = s.submit(pending("a", 2, 5.0, epoch=0))
     assert d.reason == "stale"
     assert s.submit(pending("a", 3, 5.0, epoch=1)) == []

@@ -116,4 +116,5 @@ async def test_client_leaving_during_open_frees_state(cancel_during_open):
     with pytest.raises(asyncio.CancelledError):
         await task
     await asyncio.sleep(0.3)
-    assert len(engine.opened) == 1 and engine.opened[0].closed
+    assert len(engine.opened) == 1
+    assert engine.opened[0].closed

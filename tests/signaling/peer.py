@@ -69,11 +69,13 @@ class Client:
 
         await self.pc.setLocalDescription(await self.pc.createOffer())
         body = {"sdp": self.pc.localDescription.sdp, "type": "offer", **extra}
-        async with aiohttp.ClientSession() as http:
-            async with http.post(f"{self.base_url}/offer", json=body) as r:
-                self.answer = await r.json()
-                if r.status != 200:
-                    return {"status": r.status, **self.answer}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{self.base_url}/offer", json=body) as r,
+        ):
+            self.answer = await r.json()
+            if r.status != 200:
+                return {"status": r.status, **self.answer}
         await self.pc.setRemoteDescription(
             RTCSessionDescription(sdp=self.answer["sdp"], type=self.answer["type"])
         )

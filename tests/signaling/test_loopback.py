@@ -42,7 +42,8 @@ async def test_client_gets_frames_in_order_and_mouth_follows_audio(server):
     url, runtime, engine = server
     client = Client(url, tone_then_silence())
     answer = await client.connect()
-    assert answer["status"] == 200 and answer["width"] == 128
+    assert answer["status"] == 200
+    assert answer["width"] == 128
     await asyncio.sleep(3.2)
     await client.close()
     assert len(client.video) > 40
@@ -50,7 +51,7 @@ async def test_client_gets_frames_in_order_and_mouth_follows_audio(server):
     # Frames come in media-clock order; pts derive from the frame index.
     assert indices == sorted(indices)
     fps = runtime.engine.spec.fps
-    for (_, pts, _), n in zip(client.video, indices, strict=True):
+    for (_, pts, _), _n in zip(client.video, indices, strict=True):
         assert pts % (90000 // fps) == 0
     levels = {n: mouth_level(f) for n, (_, _, f) in zip(indices, client.video, strict=True)}
     speech = [v for n, v in levels.items() if 5 <= n < 35]
@@ -58,10 +59,12 @@ async def test_client_gets_frames_in_order_and_mouth_follows_audio(server):
     assert np.mean(speech) > np.mean(silence) + 30
     assert np.std(silence) < 5
     # The animated audio comes back too: loud while the tone played, quiet after.
-    rms = np.array([np.sqrt(np.mean((a.astype(np.float32) / 32768) ** 2)) for _, _, a in
-                    client.audio])
+    rms = np.array(
+        [np.sqrt(np.mean((a.astype(np.float32) / 32768) ** 2)) for _, _, a in client.audio]
+    )
     assert rms.size > 100
-    assert np.percentile(rms[10:60], 50) > 0.05 and np.percentile(rms[-30:], 50) < 0.01
+    assert np.percentile(rms[10:60], 50) > 0.05
+    assert np.percentile(rms[-30:], 50) < 0.01
     await asyncio.sleep(0.5)
     assert len(runtime.registry) == 0  # the peer left: its session is gone
     assert all(st.closed for st in engine.opened)
@@ -70,26 +73,34 @@ async def test_client_gets_frames_in_order_and_mouth_follows_audio(server):
 async def test_capacity_and_bad_input_get_json_errors(server):
     url, runtime, _ = server
     async with aiohttp.ClientSession() as http:
+
         async def post(**kw):
             async with http.post(f"{url}/offer", **kw) as r:
                 return r.status, await r.json()
 
         status, body = await post(data=b"{not json", headers={"Content-Type": "application/json"})
-        assert status == 400 and "JSON" in body["error"]["message"]
+        assert status == 400
+        assert "JSON" in body["error"]["message"]
         status, body = await post(json={"sdp": "v=0\r\nnonsense", "type": "offer"})
-        assert status == 400 and "audio" in body["error"]["message"]
+        assert status == 400
+        assert "audio" in body["error"]["message"]
         status, body = await post(json={"sdp": 5, "type": "offer"})
         assert status == 400
-        status, body = await post(json={"sdp": "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n",
-                                        "type": "offer"})
-        assert status == 400 and "SDP" in body["error"]["message"]
-        status, body = await post(json={"sdp": "x", "type": "offer",
-                                        "portrait": "data:image/png;base64,aGVsbG8="})
-        assert status == 400 and "image" in body["error"]["message"]
+        status, body = await post(
+            json={"sdp": "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n", "type": "offer"}
+        )
+        assert status == 400
+        assert "SDP" in body["error"]["message"]
+        status, body = await post(
+            json={"sdp": "x", "type": "offer", "portrait": "data:image/png;base64,aGVsbG8="}
+        )
+        assert status == 400
+        assert "image" in body["error"]["message"]
     flat = "data:image/png;base64," + _png_b64(np.full((64, 64, 3), 90, np.uint8))
     c0 = Client(url, tone_then_silence())
     r = await c0.connect(portrait=flat)
-    assert r["status"] == 422 and r["error"]["code"] == "no_face"
+    assert r["status"] == 422
+    assert r["error"]["code"] == "no_face"
     await c0.close()
     assert len(runtime.registry) == 0
     clients = [Client(url, tone_then_silence()) for _ in range(3)]
@@ -103,7 +114,8 @@ async def test_capacity_and_bad_input_get_json_errors(server):
         await asyncio.sleep(0.1)
     assert len(runtime.registry) == 0
     async with aiohttp.ClientSession() as http, http.get(f"{url}/health") as r:
-        assert r.status == 200 and (await r.json())["sessions"] == 0
+        assert r.status == 200
+        assert (await r.json())["sessions"] == 0
     async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as r:
         text = await r.text()
     assert "liveface_sessions_refused_total 1" in text
@@ -133,5 +145,5 @@ def _png_b64(img: np.ndarray) -> str:
 
     import cv2
 
-    ok, buf = cv2.imencode(".png", img)
+    _ok, buf = cv2.imencode(".png", img)
     return base64.b64encode(buf.tobytes()).decode()

@@ -1,0 +1,82 @@
+"""A real headless Chromium with a fake microphone (espeak-ng speech, then silence) against the
+real server: frames arrive, the mouth moves with speech and rests in silence, audio and video stay
+within 40 ms, and the session limit holds (one page more is refused)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from aiohttp import web
+
+from liveface.runtime.config import ServerConfig
+from liveface.runtime.runtime import Runtime
+from liveface.signaling.http import build_app
+from tests.browser.harness import analyse, browser_available, drive, make_speech_wav
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not browser_available() or not shutil.which("espeak-ng") or not shutil.which("sox"),
+        reason="needs chromium, node + playwright-core (tests/browser), espeak-ng and sox",
+    ),
+]
+
+MAX_SESSIONS = 2
+
+
+def make_engine():
+    """The CPU engine when present (mouth from real rendering), else the pattern test engine."""
+    try:
+        from liveface.engines.warp import WarpConfig, WarpEngine
+    except ImportError:
+        from tests.doubles import PatternEngine
+
+        return PatternEngine(size=256, chunk_frames=1, first_chunk_frames=1), 20.0
+    return WarpEngine(WarpConfig(width=256, height=256, chunk_frames=1, first_chunk_frames=1)), 6.0
+
+
+@pytest.fixture
+async def served():
+    engine, delta = make_engine()
+    runtime = Runtime(ServerConfig(max_sessions=MAX_SESSIONS, width=256, height=256), engine)
+    runner = web.AppRunner(build_app(runtime, own_runtime=True))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}/", runtime, delta
+    await runner.cleanup()
+
+
+@pytest.mark.slow
+async def test_browser_sessions_lipsync_and_capacity(served, tmp_path):
+    url, _runtime, delta = served
+    wav = make_speech_wav(tmp_path / "mic.wav", sentences=3)
+    data = await drive(url, wav, pages=MAX_SESSIONS + 1, seconds=12)
+    pages = data["results"]
+    ok = [p for p in pages if p["answer"]]
+    refused = [p for p in pages if not p["answer"]]
+    assert len(ok) == MAX_SESSIONS
+    assert len(refused) == 1
+    assert "limit" in refused[0]["error"]
+    for page in ok:
+        m = analyse(page)
+        assert m.frames.shape[0] > 150, "the page got too few video frames"
+        assert len(m.onsets) >= 2
+        lat = m.latencies(delta)
+        assert len(lat) >= 2, "the mouth did not open after speech onsets"
+        shift = float(np.median(lat))
+        speech = m.levels_in(m.speech_windows(shift))
+        silence = m.levels_in(m.silence_windows(shift))
+        assert sum(x.size for x in silence) > 10
+        assert sum(x.size for x in speech) > 10
+        # Moves in speech, rests in silence (idle breathing and head sway change it only slowly).
+        assert m.motion(speech) > 3 * m.motion(silence) + 0.5
+        assert max(float(np.ptp(x)) for x in silence if x.size) < delta * 2
+        # Audio and video playout within 40 ms (Chrome's estimatedPlayoutTimestamp, both tracks).
+        sync = m.sync_ms[len(m.sync_ms) // 4 :]
+        assert sync.size > 5
+        assert np.median(np.abs(sync)) <= 40.0
+        assert np.mean(np.abs(sync) <= 40.0) >= 0.8
