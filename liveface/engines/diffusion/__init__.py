@@ -1,1 +1,4 @@
-"""The diffusion engine family (Soul / Wan-S2V / AnyAvatar): DiT, audio conditioning, VAEs, sampler."""
+"""The diffusion engine family (Soul / Wan-S2V / AnyAvatar).
+
+DiT, audio conditioning, VAEs, sampler.
+"""

@@ -4,8 +4,8 @@ Supported on disk:
 - one ``*.safetensors`` file;
 - a directory of sharded safetensors with an index (``*.safetensors.index.json``, the Hugging Face
   layout used by the official Wan2.2 and diffusers checkpoints);
-- a ``*.pth`` / ``*.pt`` / ``*.ckpt`` tensor file (the official Wan VAEs ship as ``.pth``), read with
-  ``torch.load(weights_only=True)`` so that no code in the file is executed.
+- a ``*.pth`` / ``*.pt`` / ``*.ckpt`` tensor file (the official Wan VAEs ship as ``.pth``), read
+  with ``torch.load(weights_only=True)`` so that no code in the file is executed.
 
 Nothing here downloads anything.
 """
