@@ -188,5 +188,16 @@ class Engine(abc.ABC):
         y1]}`` as fractions of the frame. Engines with nothing to say return ``{}``."""
         return {}
 
+    def quality_levels(self) -> list[str]:
+        """Names of the engine's quality levels, best first (e.g. ``["4 steps", "2 steps",
+        "2 steps + light decoder"]``). The runtime's degradation policy steps down this list when
+        the engine cannot keep real time, and back up when it can. One level: nothing to trade."""
+        return ["full"]
+
+    def set_quality(self, level: int) -> None:  # noqa: B027 - engines with one level ignore it
+        """Switch to ``quality_levels()[level]`` for chunks generated from now on.
+
+        Called on the EngineWorker's thread between batches; must not change ``spec``."""
+
     def shutdown(self) -> None:  # noqa: B027 - optional hook, most engines hold nothing global
         """Release engine-wide resources when the server stops."""
