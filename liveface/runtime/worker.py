@@ -16,6 +16,7 @@ from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
 from liveface.engines.base import AudioChunk, Engine, EngineState, VideoChunk
+from liveface.runtime.degrade import DegradeConfig, DegradePolicy
 from liveface.runtime.metrics import Metrics
 from liveface.runtime.scheduler import Dropped, Pending, Scheduler
 
@@ -39,9 +40,16 @@ class EngineWorker:
         engine: the generator; only this thread calls its ``generate``.
         metrics: where batch sizes, engine time and drops are counted.
         max_queued: chunks a session may have waiting (beyond that the oldest is dropped).
+        degrade: the degradation policy's thresholds (see :mod:`liveface.runtime.degrade`).
     """
 
-    def __init__(self, engine: Engine, metrics: Metrics, max_queued: int = 4) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: Metrics,
+        max_queued: int = 4,
+        degrade: DegradeConfig | None = None,
+    ) -> None:
         self.engine = engine
         self.metrics = metrics
         spec = engine.spec
@@ -62,6 +70,24 @@ class EngineWorker:
                 f"Chunks not rendered because they were {reason} (their audio still plays)",
             )
         metrics.counter("liveface_chunks_rendered_total", "Chunks rendered by the engine")
+        self.levels = engine.quality_levels()
+        self.policy = DegradePolicy(len(self.levels), degrade)
+        metrics.gauge(
+            "liveface_quality_level",
+            "Engine quality level in use (0 is the best; higher means degraded to keep real time)",
+            lambda: float(self.policy.level),
+        )
+        metrics.gauge(
+            "liveface_quality_changes_total",
+            "Quality level changes",
+            lambda: float(self.policy.changes),
+            kind="counter",
+        )
+        metrics.gauge(
+            "liveface_engine_utilisation",
+            "Fraction of recent wall time the engine spent generating",
+            lambda: self.policy.utilisation(time.monotonic()),
+        )
         metrics.counter("liveface_engine_errors_total", "Engine calls that raised")
 
     # -- lifecycle (any thread) ----------------------------------------------------------------
@@ -138,6 +164,9 @@ class EngineWorker:
     # -- the thread ----------------------------------------------------------------------------
 
     def _report(self, dropped: list[Dropped]) -> None:
+        late = sum(d.reason == "late" for d in dropped)
+        if late and threading.current_thread() is self._thread:
+            self._apply(self.policy.observe_late(time.monotonic(), late))
         for d in dropped:
             self.metrics.inc(f"liveface_chunks_dropped_{d.reason}_total")
             entry = self._sessions.get(d.pending.session)
@@ -179,6 +208,18 @@ class EngineWorker:
         except BaseException as e:
             fut.set_exception(e)
 
+    def _apply(self, level: int | None) -> None:
+        """Switch the engine's quality (we are on the worker thread, between batches)."""
+        if level is None:
+            return
+        log.warning(
+            "engine quality level now %d (%s), utilisation %.2f",
+            level,
+            self.levels[level],
+            self.policy.utilisation(time.monotonic()),
+        )
+        self.engine.set_quality(level)
+
     def _run_batch(self, items: list[tuple[Pending, tuple[EngineState, WorkerSink]]]) -> None:
         t0 = time.perf_counter()
         try:
@@ -194,6 +235,7 @@ class EngineWorker:
                 self._run_batch([item])
             return
         dt = time.perf_counter() - t0
+        self._apply(self.policy.observe_batch(time.monotonic(), dt))
         self._engine_time.observe(dt)
         self._batch_size.observe(len(items))
         self.metrics.inc("liveface_chunks_rendered_total", len(items))
