@@ -147,3 +147,28 @@ def _png_b64(img: np.ndarray) -> str:
 
     _ok, buf = cv2.imencode(".png", img)
     return base64.b64encode(buf.tobytes()).decode()
+
+
+async def test_sessions_leave_no_tasks_or_threads_behind(server):
+    import gc
+    import threading
+
+    url, runtime, engine = server
+    await asyncio.sleep(0.2)
+    tasks_before = len(asyncio.all_tasks())
+    threads_before = threading.active_count()
+    for _ in range(4):
+        client = Client(url, tone_then_silence(0.5, 0.5))
+        await client.connect()
+        await asyncio.sleep(0.6)
+        await client.close()
+        t0 = time.monotonic()
+        while len(runtime.registry) and time.monotonic() - t0 < 8:
+            await asyncio.sleep(0.1)
+        assert len(runtime.registry) == 0
+    await asyncio.sleep(1.0)
+    gc.collect()
+    assert all(st.closed for st in engine.opened)
+    assert len(asyncio.all_tasks()) <= tasks_before
+    # Executors may keep a few idle worker threads; sessions themselves own none.
+    assert threading.active_count() <= threads_before + 4
