@@ -100,6 +100,32 @@ class Attention(nn.Module):
         v = self._heads(self.v(context)).transpose(1, 2)
         return KeyValue(k=k, v=v)
 
+    def self_projections(
+        self, x: torch.Tensor, rope: RotaryTables | None = None
+    ) -> tuple[torch.Tensor, KeyValue]:
+        """Queries, keys and values of ``x`` attending to itself (rotary positions applied).
+
+        Args:
+            x: ``(batch, tokens, dim)``.
+
+        Returns:
+            queries ``(batch, heads, tokens, head_dim)`` and the tokens' :class:`KeyValue`.
+        """
+        x = x.to(self.q.weight.dtype)
+        q = self._heads(self.norm_q(self.q(x)))
+        k = self._heads(self.norm_k(self.k(x)))
+        v = self._heads(self.v(x))
+        if rope is not None:
+            q, k = apply_rotary(q, rope), apply_rotary(k, rope)
+        return q.transpose(1, 2), KeyValue(k=k.transpose(1, 2), v=v.transpose(1, 2))
+
+    def attend(
+        self, q: torch.Tensor, kv: KeyValue, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``q`` ``(batch, heads, tokens, head_dim)`` over ``kv`` -> ``(batch, tokens, dim)``."""
+        out = F.scaled_dot_product_attention(q, kv.k, kv.v, attn_mask=mask)
+        return self.o(out.transpose(1, 2).flatten(2))
+
     def forward(
         self,
         x: torch.Tensor,
@@ -107,6 +133,7 @@ class Attention(nn.Module):
         rope: RotaryTables | None = None,
         context: torch.Tensor | KeyValue | None = None,
         mask: torch.Tensor | None = None,
+        prefix: KeyValue | None = None,
     ) -> torch.Tensor:
         """Attend from ``x`` to itself (``context=None``) or to a context.
 
@@ -114,21 +141,26 @@ class Attention(nn.Module):
             x: ``(batch, tokens, dim)``.
             rope: rotary tables for self-attention (ignored for cross-attention).
             context: ``(batch, context_tokens, context_dim)`` or its projected :class:`KeyValue`.
-            mask: optional bool ``(tokens, key_tokens)``, True where attending is allowed.
+            mask: optional bool ``(tokens, key_tokens)``, True where attending is allowed; with a
+                ``prefix`` the key tokens are the prefix's followed by ``x``'s.
+            prefix: self-attention only: keys/values ``(batch, heads, prefix_tokens, head_dim)``
+                of tokens computed earlier (conditioning frames) that ``x`` also attends to.
 
         Returns:
             ``(batch, tokens, dim)`` in the weights' dtype.
         """
-        x = x.to(self.q.weight.dtype)
-        q = self._heads(self.norm_q(self.q(x)))
         if context is None:
-            k = self._heads(self.norm_k(self.k(x)))
-            v = self._heads(self.v(x))
-            if rope is not None:
-                q, k = apply_rotary(q, rope), apply_rotary(k, rope)
-            k, v = k.transpose(1, 2), v.transpose(1, 2)
+            q, kv = self.self_projections(x, rope)
+            if prefix is not None:
+                kv = concat_kv(prefix, kv)
         else:
+            x = x.to(self.q.weight.dtype)
+            q = self._heads(self.norm_q(self.q(x))).transpose(1, 2)
             kv = context if isinstance(context, KeyValue) else self.project_context(context)
-            k, v = kv.k, kv.v
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask)
-        return self.o(out.transpose(1, 2).flatten(2))
+        return self.attend(q, kv, mask)
+
+
+def concat_kv(first: KeyValue, second: KeyValue) -> KeyValue:
+    """Keys/values of ``first``'s tokens followed by ``second``'s (along the token axis)."""
+    k = torch.cat([first.k, second.k], dim=2)
+    return KeyValue(k=k, v=torch.cat([first.v, second.v], dim=2))

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from liveface.engines.diffusion.attention import Attention, FP32LayerNorm, KeyValue
+from liveface.engines.diffusion.attention import Attention, FP32LayerNorm, KeyValue, concat_kv
 from liveface.engines.diffusion.rope import RotaryTables
 
 #: A function that returns the updated residual stream ``(batch, tokens, dim)``.
@@ -127,6 +127,7 @@ class DiTBlock(nn.Module):
         text: KeyValue | torch.Tensor,
         after_cross_attn: StreamHook | None = None,
         self_attn_mask: torch.Tensor | None = None,
+        prefix: KeyValue | None = None,
     ) -> torch.Tensor:
         """One block.
 
@@ -137,20 +138,54 @@ class DiTBlock(nn.Module):
             text: projected text ``(batch, text_len, dim)`` or its per-block keys and values.
             after_cross_attn: optional hook run between the cross-attention and the FFN (where
                 Soul-style audio attention sits).
-            self_attn_mask: optional bool ``(tokens, tokens)`` (frame-causal models).
+            self_attn_mask: optional bool ``(tokens, key_tokens)`` (frame-causal models).
+            prefix: keys/values ``(batch, heads, prefix_tokens, head_dim)`` of conditioning tokens
+                computed once per chunk (:meth:`forward_with_kv`); the tokens attend to them
+                before their own.
 
         Returns:
             float32 ``(batch, tokens, dim)``.
         """
+        return self._run(x, mod, rope, text, after_cross_attn, self_attn_mask, prefix)[0]
+
+    def forward_with_kv(
+        self,
+        x: torch.Tensor,
+        mod: Modulation,
+        rope: RotaryTables,
+        text: KeyValue | torch.Tensor,
+        prefix: KeyValue | None = None,
+    ) -> tuple[torch.Tensor, KeyValue]:
+        """:meth:`forward` that also returns the self-attention keys/values of ``x``'s own tokens
+        ``(batch, heads, tokens, head_dim)``, for later tokens to attend to."""
+        return self._run(x, mod, rope, text, None, None, prefix)
+
+    def self_kv(self, x: torch.Tensor, mod: Modulation, rope: RotaryTables) -> KeyValue:
+        """Only the self-attention keys/values of ``x`` (what :meth:`forward_with_kv` returns),
+        without running the rest of the block."""
         e = (self.modulation.float()[:, None] + mod.projected).unbind(dim=2)
-        y = self.self_attn(modulate(self.norm1(x), e[0], e[1]), rope=rope, mask=self_attn_mask)
-        x = gated_add(x, y, e[2])
+        return self.self_attn.self_projections(modulate(self.norm1(x), e[0], e[1]), rope)[1]
+
+    def _run(
+        self,
+        x: torch.Tensor,
+        mod: Modulation,
+        rope: RotaryTables,
+        text: KeyValue | torch.Tensor,
+        after_cross_attn: StreamHook | None,
+        self_attn_mask: torch.Tensor | None,
+        prefix: KeyValue | None,
+    ) -> tuple[torch.Tensor, KeyValue]:
+        e = (self.modulation.float()[:, None] + mod.projected).unbind(dim=2)
+        q, own = self.self_attn.self_projections(modulate(self.norm1(x), e[0], e[1]), rope)
+        keys = own if prefix is None else concat_kv(prefix, own)
+        x = gated_add(x, self.self_attn.attend(q, keys, self_attn_mask), e[2])
         x = x + self.cross_attn(self.norm3(x), context=text).float()
         if after_cross_attn is not None:
             x = after_cross_attn(x)
         h = modulate(self.norm2(x), e[3], e[4])
         y = self.ffn(h.to(cast(nn.Linear, self.ffn[0]).weight.dtype))
-        return gated_add(x, y, e[5])
+        return gated_add(x, y, e[5]), own
 
 
 class Head(nn.Module):

@@ -11,7 +11,11 @@ forward, none of which change the numbers for the official inputs:
 - the projected prompt and its per-block keys/values can be computed once per session
   (:meth:`WanDiT.prepare_context`) instead of at every step;
 - an optional audio module (:class:`~liveface.engines.diffusion.audio_injection.AudioInjector`)
-  adds segment-wise audio attention.
+  adds segment-wise audio attention;
+- conditioning tokens (reference latent, compressed motion frames) can be run once per chunk at
+  timestep 0 (:meth:`WanDiT.encode_prefix`), attending only among themselves; every denoising step
+  then attends to their cached per-block keys/values (a
+  :class:`~liveface.engines.diffusion.kv_cache.PrefixCache`) instead of recomputing them.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from liveface.engines.diffusion.blocks import (
     sinusoidal_embedding,
 )
 from liveface.engines.diffusion.config import DiTConfig
-from liveface.engines.diffusion.rope import grid_positions, rotary_tables
+from liveface.engines.diffusion.kv_cache import PrefixCache
+from liveface.engines.diffusion.rope import RotaryTables, grid_positions, rotary_tables
 
 #: Prefix of the audio module's parameters inside the DiT's ``state_dict``.
 AUDIO_PREFIX = "audio."
@@ -193,27 +198,105 @@ class WanDiT(nn.Module):
         return Modulation(embedding=emb, projected=proj.unflatten(-1, (BLOCK_MODULATIONS, -1)))
 
     # -- forward ----------------------------------------------------------------------------------
+    def patch_grid(self, latents: torch.Tensor) -> torch.Tensor:
+        """Patch-embed latents, keeping the token grid.
+
+        ``(batch, in_dim, frames, height, width)`` -> float32 ``(batch, dim, token_frames,
+        token_rows, token_columns)``. The embedding is linear, so a token averaged over a window of
+        tokens is the embedding of the mean of the window's latent patches (FramePack-style
+        pooling works on this grid).
+        """
+        c = self.config
+        f, h, w = latents.shape[2:]
+        pt, ph, pw = c.patch_size
+        if f % pt or h % ph or w % pw:
+            raise ValueError(f"latent size {(f, h, w)} is not a multiple of patch {c.patch_size}")
+        weight = self.patch_embedding.weight
+        return self.patch_embedding(latents.to(device=weight.device, dtype=weight.dtype)).float()
+
+    def rotary(self, positions: torch.Tensor) -> RotaryTables:
+        """Rotary tables for ``positions`` ``(tokens, 3)``, reusable across forward passes."""
+        device = self.patch_embedding.weight.device
+        return rotary_tables(positions.to(device), self.config.head_dim, self.config.rope_theta)
+
+    @torch.no_grad()
+    def encode_prefix(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor | RotaryTables,
+        context: TextContext,
+        *,
+        past: PrefixCache | None = None,
+    ) -> PrefixCache:
+        """Run clean conditioning tokens through the blocks at timestep 0 and keep their
+        per-block self-attention keys/values.
+
+        The tokens attend to ``past``'s tokens and to each other, never to later (noisy) tokens,
+        so the result is fixed for all denoising steps of a chunk.
+
+        Args:
+            tokens: float32 ``(batch, tokens, dim)`` from :meth:`patch_grid` (possibly pooled).
+            positions: ``(tokens, 3)`` rotary positions or their tables.
+            context: the prompt (batch 1 or ``batch``).
+            past: an earlier segment's prefix (e.g. the session's reference), batch 1 or ``batch``.
+
+        Returns:
+            ``past`` followed by these tokens (or these tokens alone without ``past``).
+        """
+        b = tokens.shape[0]
+        rope = positions if isinstance(positions, RotaryTables) else self.rotary(positions)
+        if rope.num_tokens != tokens.shape[1]:
+            raise ValueError(f"{tokens.shape[1]} tokens but positions for {rope.num_tokens}")
+        zero = torch.zeros(b, device=tokens.device)
+        mod = self.time_modulation(zero, TokenGrid(1, 1, tokens.shape[1]), b)
+        text = self._batched_text(context, b)
+        before = None if past is None else past.expand(b)
+        own: list[KeyValue] = []
+        x = tokens.float()
+        blocks = self._blocks()
+        for i, block in enumerate(blocks):
+            prior = None if before is None else before.kv[i]
+            if i == len(blocks) - 1:  # the last block's output feeds nothing: keys/values only
+                own.append(block.self_kv(x, mod, rope))
+            else:
+                x, kv = block.forward_with_kv(x, mod, rope, text[i], prefix=prior)
+                own.append(kv)
+        mine = PrefixCache(tuple(own))
+        return mine if before is None else before.then(mine)
+
+    def _batched_text(self, context: TextContext, b: int) -> list[KeyValue | torch.Tensor]:
+        if context.batch not in (1, b):
+            raise ValueError(f"text context batch {context.batch} does not match batch {b}")
+        if context.kv is None:
+            return [_expand(context.states, b)] * len(self.blocks)
+        return [_expand_kv(kv, b) for kv in context.kv]
+
     def forward(
         self,
         latents: torch.Tensor,
         timesteps: torch.Tensor,
         context: TextContext | torch.Tensor | Sequence[torch.Tensor],
         *,
-        positions: torch.Tensor | None = None,
+        positions: torch.Tensor | RotaryTables | None = None,
         audio: AudioTokens | None = None,
+        prefix: PrefixCache | None = None,
     ) -> torch.Tensor:
         """Predict the flow (velocity) for every latent cell.
 
         Args:
             latents: ``(batch, in_dim, frames, height, width)``; conditioning frames (reference,
-                motion frames) are part of it, typically with timestep 0.
+                motion frames) are part of it, typically with timestep 0, unless they are given
+                as a ``prefix``.
             timesteps: ``(batch,)``, ``(batch, token_frames)`` or ``(batch, tokens)`` in
                 ``[0, num_train_timesteps]``.
             context: a :class:`TextContext` from :meth:`prepare_context` (preferred), or the raw
                 prompt embedding(s) accepted by it; batch 1 is broadcast to ``batch``.
             positions: ``(tokens, 3)`` or ``(batch, tokens, 3)`` rotary (frame, row, column) per
-                token in grid order; None means the grid's own indices.
+                token in grid order, or their tables (:meth:`rotary`); None means the grid's own
+                indices.
             audio: audio tokens for some of the latent frames (needs an attached audio module).
+            prefix: cached keys/values of conditioning tokens (:meth:`encode_prefix`), batch 1
+                or ``batch``; every token attends to them before the latents' own tokens.
 
         Returns:
             float32 ``(batch, out_dim, frames, height, width)``.
@@ -221,30 +304,35 @@ class WanDiT(nn.Module):
         c = self.config
         b, _, f, h, w = latents.shape
         pt, ph, pw = c.patch_size
-        if f % pt or h % ph or w % pw:
-            raise ValueError(f"latent size {(f, h, w)} is not a multiple of patch {c.patch_size}")
         grid = TokenGrid(f // pt, h // ph, w // pw)
-        weight = self.patch_embedding.weight
-        x = self.patch_embedding(latents.to(device=weight.device, dtype=weight.dtype))
-        x = x.flatten(2).transpose(1, 2).float()
+        x = self.patch_grid(latents).flatten(2).transpose(1, 2)
 
         mod = self.time_modulation(timesteps, grid, b)
         if positions is None:
             positions = grid_positions(grid.frames, grid.height, grid.width, device=x.device)
-        if positions.shape[-2] != grid.tokens:
-            raise ValueError(f"positions hold {positions.shape[-2]} tokens, grid has {grid.tokens}")
-        rope = rotary_tables(positions.to(x.device), c.head_dim, c.rope_theta)
+        rope = positions if isinstance(positions, RotaryTables) else self.rotary(positions)
+        if rope.num_tokens != grid.tokens:
+            raise ValueError(f"positions hold {rope.num_tokens} tokens, grid has {grid.tokens}")
 
         mask = frame_causal_mask(grid, x.device) if c.frame_causal else None
+        before = None if prefix is None else prefix.expand(b)
+        if mask is not None and before is not None:
+            seen = mask.new_ones(grid.tokens, before.tokens)
+            mask = torch.cat([seen, mask], dim=1)
         text = context if isinstance(context, TextContext) else self.prepare_context(context)
-        if text.batch not in (1, b):
-            raise ValueError(f"text context batch {text.batch} does not match latents batch {b}")
+        texts = self._batched_text(text, b)
 
         for i, block in enumerate(self._blocks()):
-            text_i: KeyValue | torch.Tensor = text.states if text.kv is None else text.kv[i]
-            text_i = _expand_kv(text_i, b) if isinstance(text_i, KeyValue) else _expand(text_i, b)
             mid = self._audio_hook(i, InjectionPoint.AFTER_CROSS_ATTN, audio, grid)
-            x = block(x, mod, rope, text_i, after_cross_attn=mid, self_attn_mask=mask)
+            x = block(
+                x,
+                mod,
+                rope,
+                texts[i],
+                after_cross_attn=mid,
+                self_attn_mask=mask,
+                prefix=None if before is None else before.kv[i],
+            )
             after = self._audio_hook(i, InjectionPoint.AFTER_BLOCK, audio, grid)
             if after is not None:
                 x = after(x)

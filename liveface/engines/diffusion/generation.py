@@ -1,0 +1,206 @@
+"""One batch step of streaming generation (model glue; the sampler and the models live elsewhere).
+
+For chunks of several sessions that generate the same number of latent frames:
+
+1. audio window -> audio tokens of the new latent frames (:mod:`.audio_stream`);
+2. conditioning: each session's motion history is patch-embedded and FramePack-pooled
+   (:class:`~liveface.engines.diffusion.motion.MotionLayout`) and run once through the DiT at
+   timestep 0 on top of the session's cached reference prefix; the resulting per-block keys/values
+   serve every denoising step (:meth:`~liveface.engines.diffusion.dit.WanDiT.encode_prefix`);
+3. few-step flow-matching denoise of the new latent frames, one DiT forward per step for the
+   whole batch, per-session noise (:class:`.stream_sampler.StreamSampler`);
+4. codebook drift correction of the new latents, which then enter the motion cache;
+5. decode of the new (uncorrected) latents with each session's streaming decoder state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from liveface.engines.base import AudioChunk
+from liveface.engines.diffusion.attention import KeyValue
+from liveface.engines.diffusion.audio_injection import AudioTokens
+from liveface.engines.diffusion.audio_stream import AudioConditioner
+from liveface.engines.diffusion.dit import TextContext, WanDiT
+from liveface.engines.diffusion.kv_cache import PrefixCache
+from liveface.engines.diffusion.motion import MotionLayout
+from liveface.engines.diffusion.rope import RotaryTables
+from liveface.engines.diffusion.stream_sampler import StreamSampler
+from liveface.engines.diffusion.streaming import ChunkPlan, DiffusionState, noise_seed
+from liveface.engines.diffusion.vae import StreamingDecoder, StreamState, frames_to_uint8
+
+
+@dataclass
+class Profile:
+    """Wall time of a batch's parts in ms; with ``enabled`` each part ends with a device sync
+    (meant for benchmarks: it stalls the GPU pipeline)."""
+
+    enabled: bool
+    device: torch.device
+    parts: dict[str, float] = field(default_factory=dict)
+    _last: float = field(default_factory=time.perf_counter)
+
+    def mark(self, name: str) -> None:
+        if not self.enabled:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.parts[name] = self.parts.get(name, 0.0) + (now - self._last) * 1000.0
+        self._last = now
+
+
+@dataclass
+class ChunkOutput:
+    """One chunk's result.
+
+    Attributes:
+        frames: uint8 ``(n, H, W, 3)`` on the CPU.
+        corrected: features the codebook pulled back (0-dim tensor), None without a codebook.
+    """
+
+    frames: torch.Tensor
+    corrected: torch.Tensor | None
+
+
+def stack_text(texts: Sequence[TextContext]) -> TextContext:
+    """One context for a batch: shared (batch 1, broadcast) when every session uses the same."""
+    if all(t is texts[0] for t in texts):
+        return texts[0]
+    kv = None
+    if all(t.kv is not None for t in texts):
+        blocks = zip(*(t.kv for t in texts if t.kv is not None), strict=True)
+        kv = tuple(
+            KeyValue(k=torch.cat([x.k for x in b]), v=torch.cat([x.v for x in b])) for b in blocks
+        )
+    return TextContext(states=torch.cat([t.states for t in texts]), kv=kv)
+
+
+class ChunkGenerator:
+    """Runs batches of chunks through audio, conditioning, sampling, correction and decoding."""
+
+    def __init__(
+        self,
+        dit: WanDiT,
+        audio: AudioConditioner,
+        layout: MotionLayout,
+        decoder: StreamingDecoder,
+        sampler: StreamSampler,
+        device: torch.device,
+    ) -> None:
+        self.dit = dit
+        self.audio = audio
+        self.layout = layout
+        self.decoder = decoder
+        self.sampler = sampler
+        self.device = device
+        self.reference_rope = dit.rotary(layout.reference_positions())
+        self.history_rope = dit.rotary(layout.history_positions())
+        self._new_rope: dict[int, RotaryTables] = {}
+
+    def new_rope(self, latents: int) -> RotaryTables:
+        if latents not in self._new_rope:
+            self._new_rope[latents] = self.dit.rotary(self.layout.new_positions(latents))
+        return self._new_rope[latents]
+
+    @torch.no_grad()
+    def reference_prefix(self, reference: torch.Tensor, text: TextContext) -> PrefixCache:
+        """Keys/values of the reference latent ``(1, C, 1, h, w)``, once per session."""
+        tokens = self.dit.patch_grid(reference).flatten(2).transpose(1, 2)
+        return self.dit.encode_prefix(tokens, self.reference_rope, text)
+
+    @torch.no_grad()
+    def condition(self, states: Sequence[DiffusionState], text: TextContext) -> PrefixCache:
+        """Per-block keys/values of [reference ; compressed history] for a batch of sessions."""
+        history = torch.cat([s.held.motion.latents for s in states])
+        tokens = self.layout.pool_tokens(self.dit.patch_grid(history))
+        past = PrefixCache.stack([s.held.reference_prefix for s in states])
+        return self.dit.encode_prefix(tokens, self.history_rope, text, past=past)
+
+    @torch.no_grad()
+    def run(
+        self,
+        items: Sequence[tuple[DiffusionState, AudioChunk, ChunkPlan]],
+        profile: Profile,
+    ) -> list[ChunkOutput]:
+        """Generate chunks that all ask for the same number of latent frames."""
+        k = items[0][2].latents
+        if any(plan.latents != k for _, _, plan in items):
+            raise ValueError("a batch step needs chunks of equal latent length")
+        states = [s for s, _, _ in items]
+        tokens = self.audio.tokens([c for _, c, _ in items], k)
+        audio = AudioTokens(tokens=tokens, first_frame=0)
+        profile.mark("audio")
+        text = stack_text([s.held.text for s in states])
+        prefix = self.condition(states, text)
+        profile.mark("condition")
+        rope = self.new_rope(k)
+
+        def denoise(x: torch.Tensor, t: torch.Tensor, a: AudioTokens = audio) -> torch.Tensor:
+            return self.dit(x, t, text, positions=rope, audio=a, prefix=prefix)
+
+        def uncond(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return denoise(x, t, audio.unconditional())
+
+        generators = []
+        for state, chunk, _ in items:
+            g = torch.Generator(device=self.device)
+            generators.append(g.manual_seed(noise_seed(state.seed, chunk.first_frame)))
+        layout = self.layout
+        shape = (layout.channels, k, layout.height, layout.width)
+        latents = self.sampler.sample(
+            denoise, shape, generators, device=self.device, uncond=uncond,
+            on_step=lambda i: profile.mark(f"step{i}"),
+        )  # fmt: skip
+        corrected = self._correct_and_remember(states, latents)
+        profile.mark("codebook")
+        frames = self._decode(items, latents)
+        profile.mark("decode")
+        return [ChunkOutput(f, c) for f, c in zip(frames, corrected, strict=True)]
+
+    def _correct_and_remember(
+        self, states: Sequence[DiffusionState], latents: torch.Tensor
+    ) -> list[torch.Tensor | None]:
+        out: list[torch.Tensor | None] = []
+        for i, state in enumerate(states):
+            held, new = state.held, latents[i : i + 1]
+            count = None
+            if held.codebook is not None:
+                new, count = held.codebook.correct(new, mode=state.correction, tau=state.tau)
+            held.motion.push(new.to(held.motion.latents.dtype))
+            out.append(count)
+        return out
+
+    def _decode(
+        self, items: Sequence[tuple[DiffusionState, AudioChunk, ChunkPlan]], latents: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Decode each session's new latents on its own stream state; sessions whose calls look
+        alike (fresh or not, same length) share one batched decoder call."""
+        inputs: list[torch.Tensor] = []
+        groups: dict[tuple[bool, int], list[int]] = {}
+        for i, (session, _, plan) in enumerate(items):
+            tensors = session.held
+            z = latents[i : i + 1]
+            if plan.prime:
+                z = torch.cat([tensors.reference.to(z.dtype), z], dim=2)
+            inputs.append(z)
+            groups.setdefault((tensors.decoder.first, z.shape[2]), []).append(i)
+        frames: dict[int, torch.Tensor] = {}
+        for members in groups.values():
+            held = [items[i][0].held for i in members]
+            z = torch.cat([inputs[i] for i in members])
+            if len(members) == 1:
+                stream = held[0].decoder
+            else:
+                stream = StreamState.stack([h.decoder for h in held])
+            video = frames_to_uint8(self.decoder.decode_step(z, stream)).cpu()
+            if len(members) > 1:
+                for h, part in zip(held, stream.split([1] * len(members)), strict=True):
+                    h.decoder = part
+            for j, i in enumerate(members):
+                frames[i] = video[j, 1:] if items[i][2].prime else video[j]
+        return [frames[i] for i in range(len(items))]

@@ -1,0 +1,101 @@
+"""Configuration of streaming generation: chunk schedule, motion frames, codebook, sampler.
+
+Read from the ``stream`` table of a checkpoint's ``liveface.json`` (see :mod:`.bundle`); the
+server config then sets the chunk length (``chunk_frames`` rounded up to whole latent frames).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from liveface.engines.diffusion.audio_stream import IDLE_MODES
+from liveface.engines.diffusion.codebook import CodebookConfig
+from liveface.engines.diffusion.motion import MotionConfig
+from liveface.engines.diffusion.sampler import SamplerConfig
+from liveface.errors import ConfigError
+
+DECODERS = ("auto", "vae", "light")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """How the diffusion engine streams.
+
+    Attributes:
+        chunk_latents: new latent frames per chunk (``4 x`` video frames each).
+        first_chunk_latents: latent frames of a session's first chunk; with the causal VAE its
+            first latent frame is one video frame, so the chunk has ``1 + 4 (n - 1)`` frames
+            (1 frame for ``n = 1``: the fastest first frame).
+        motion: which past latent frames condition a chunk (overlap + compressed history).
+        codebook: drift correction of self-generated conditions.
+        sampler: the few-step schedule (distilled, 4 steps by default).
+        decoder: ``light`` (the tiny TAEHV decoder), ``vae`` (the full Wan decoder) or ``auto``
+            (light when the checkpoint has one).
+        audio_context_ms: audio before a chunk's first needed frame that the speech encoder
+            sees, so its (bidirectional) features at the chunk are stable.
+        idle: ``silence`` (unvoiced chunks are conditioned on digital silence) or ``input``.
+        max_batch: most chunks per ``generate`` call.
+        seed: default noise seed of a session (the ``seed`` session option overrides it).
+    """
+
+    chunk_latents: int = 2
+    first_chunk_latents: int = 1
+    motion: MotionConfig = field(default_factory=MotionConfig)
+    codebook: CodebookConfig = field(default_factory=CodebookConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    decoder: str = "auto"
+    audio_context_ms: int = 1000
+    idle: str = "silence"
+    max_batch: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.chunk_latents < 1 or self.first_chunk_latents < 1:
+            problems.append("chunk_latents and first_chunk_latents must be >= 1")
+        if self.decoder not in DECODERS:
+            problems.append(f"decoder must be one of {', '.join(DECODERS)}")
+        if self.audio_context_ms < 0:
+            problems.append("audio_context_ms must be >= 0")
+        if self.idle not in IDLE_MODES:
+            problems.append(f"idle must be one of {', '.join(IDLE_MODES)}")
+        if self.max_batch < 1:
+            problems.append("max_batch must be >= 1")
+        if self.seed < 0:
+            problems.append("seed must be >= 0")
+        if problems:
+            raise ConfigError("invalid stream config: " + "; ".join(problems))
+
+    def replace(self, **changes: Any) -> StreamConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["motion"] = self.motion.to_dict()
+        out["codebook"] = self.codebook.to_dict()
+        sampler = dataclasses.asdict(self.sampler)
+        if self.sampler.timesteps is not None:
+            sampler["timesteps"] = list(self.sampler.timesteps)
+        out["sampler"] = sampler
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StreamConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown stream config keys: {', '.join(unknown)}")
+        values = dict(data)
+        try:
+            if "motion" in values:
+                values["motion"] = MotionConfig.from_dict(values["motion"])
+            if "codebook" in values:
+                values["codebook"] = CodebookConfig.from_dict(values["codebook"])
+            if "sampler" in values:
+                values["sampler"] = SamplerConfig.from_dict(values["sampler"])
+            return cls(**values)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"invalid stream config ({e})") from e
