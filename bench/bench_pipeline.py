@@ -93,9 +93,9 @@ async def run(seconds: float, sessions: int, size: int, chunk_frames: int) -> di
     pullers = [asyncio.ensure_future(pull(v, "video")) for _, v, _ in live]
     pullers += [asyncio.ensure_future(pull(a, "audio")) for _, _, a in live]
     block = np.zeros(960, np.float32)  # 20 ms at 48 kHz, resampled like the microphone path
-    from liveface.pipeline.ingest import Resampler
+    from liveface.pipeline.resample import StreamingResampler
 
-    resamplers = [Resampler(48000, RATE) for _ in live]
+    resamplers = [StreamingResampler(48000, RATE) for _ in live]
     t0, c0 = time.monotonic(), time.process_time()
     k = 0
     while time.monotonic() - t0 < seconds:

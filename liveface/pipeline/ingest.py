@@ -1,10 +1,11 @@
-"""Ingest: any incoming PCM -> mono float32 at the engine's rate, streaming and stateful."""
+"""Ingest: any incoming PCM -> mono float32 (rate conversion: :mod:`liveface.pipeline.resample`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from liveface.errors import AudioFormatError
+from liveface.pipeline.resample import StreamingResampler
 
 #: Sample formats accepted on the wire, mapped to numpy dtypes (little endian).
 PCM_FORMATS: dict[str, np.dtype] = {
@@ -12,7 +13,6 @@ PCM_FORMATS: dict[str, np.dtype] = {
     "s32le": np.dtype("<i4"),
     "f32le": np.dtype("<f4"),
 }
-MIN_RATE, MAX_RATE = 8000, 192000
 
 
 def pcm_to_float(data: bytes | np.ndarray, fmt: str, channels: int) -> np.ndarray:
@@ -51,30 +51,5 @@ def pcm_to_float(data: bytes | np.ndarray, fmt: str, channels: int) -> np.ndarra
     return np.clip(x, -1.0, 1.0, out=x)
 
 
-class Resampler:
-    """Streaming rate conversion of mono float32 audio (soxr, low-latency quality).
-
-    A pass-through when the rates agree. ``push`` may return fewer samples than the rate ratio
-    implies at first: soxr holds a few milliseconds of filter state.
-    """
-
-    def __init__(self, in_rate: int, out_rate: int) -> None:
-        for name, rate in (("input", in_rate), ("output", out_rate)):
-            if not MIN_RATE <= rate <= MAX_RATE:
-                raise AudioFormatError(
-                    f"{name} sample rate {rate} Hz is out of range {MIN_RATE}..{MAX_RATE}"
-                )
-        self.in_rate, self.out_rate = in_rate, out_rate
-        self._stream = None
-        if in_rate != out_rate:
-            import soxr
-
-            # "MQ" keeps the filter's delay to about 1 ms at these rates, which matters for latency.
-            self._stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="MQ")
-
-    def push(self, x: np.ndarray, last: bool = False) -> np.ndarray:
-        """Convert the next block ``(n,)``; pass ``last=True`` to flush the filter at the end."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if self._stream is None:
-            return x
-        return np.asarray(self._stream.resample_chunk(x, last=last), dtype=np.float32)
+# The rate converter every transport uses, under the name the transports import.
+Resampler = StreamingResampler

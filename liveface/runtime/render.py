@@ -16,7 +16,7 @@ from liveface.engines.base import Engine
 from liveface.errors import AudioFormatError, BadInputError
 from liveface.pipeline.audio_ring import AudioRing
 from liveface.pipeline.chunker import Chunker
-from liveface.pipeline.ingest import Resampler
+from liveface.pipeline.resample import StreamingResampler
 from liveface.pipeline.vad import VoiceActivity
 
 MUX_RATE = 48000
@@ -38,7 +38,7 @@ def read_audio(path: str | Path, rate: int) -> np.ndarray:
             raise AudioFormatError(f"{p} has no audio stream")
         stream = container.streams.audio[0]
         out: list[np.ndarray] = []
-        resampler: Resampler | None = None
+        resampler: StreamingResampler | None = None
         try:
             for frame in container.decode(stream):
                 x = frame.to_ndarray().astype(np.float32)
@@ -53,7 +53,7 @@ def read_audio(path: str | Path, rate: int) -> np.ndarray:
                 elif frame.format.name.startswith("u8"):
                     x = (x - 128.0) / 128.0
                 if resampler is None:
-                    resampler = Resampler(frame.sample_rate, rate)
+                    resampler = StreamingResampler(frame.sample_rate, rate)
                 out.append(resampler.push(np.nan_to_num(x)))
         except av.FFmpegError as e:
             raise AudioFormatError(f"{p} could not be decoded: {e}") from e
@@ -88,7 +88,7 @@ def render(
     ring.append(padded)
     vad.push(padded)
     chunker = Chunker(spec, ring, vad.voiced)
-    mux_audio = Resampler(spec.sample_rate, MUX_RATE)
+    mux_audio = StreamingResampler(spec.sample_rate, MUX_RATE)
 
     state = engine.open(portrait, None, {})
     try:

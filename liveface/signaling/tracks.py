@@ -106,12 +106,13 @@ class AvatarAudioTrack(MediaStreamTrack):
     aiortc's Opus encoder stamps packets by the samples it has encoded, and its resampler holds
     back a partial frame whenever the input is not already 48 kHz stereo in 960-sample frames -
     which would send the voice 20 ms after the picture. So the track upsamples itself, with a
-    centred (zero-delay) polyphase filter that reads one block ahead in the output buffer, and
-    hands the encoder frames it passes straight through.
+    centred (zero-delay) polyphase filter that peeks ``PAD`` samples ahead in the output buffer
+    (more than the filter's half length), and hands the encoder frames it passes straight through.
     """
 
     kind = "audio"
     OUT_RATE = 48000
+    PAD = 24
 
     def __init__(self, session: Session) -> None:
         super().__init__()
@@ -122,8 +123,7 @@ class AvatarAudioTrack(MediaStreamTrack):
         self._up = self.OUT_RATE // rate
         self._block = rate * AUDIO_BLOCK_MS // 1000
         self._next: int | None = None
-        self._prev = np.zeros(self._block, np.float32)
-        self._cur: np.ndarray | None = None
+        self._tail = np.zeros(self.PAD, np.float32)  # the last samples of the previous block
         self._time_base = fractions.Fraction(1, self.OUT_RATE)
         self.send_latency = SendLatency()
 
@@ -141,17 +141,16 @@ class AvatarAudioTrack(MediaStreamTrack):
         delay = stream.due(start) - self.send_latency.estimate - time.monotonic()
         if delay < -CATCH_UP_S:
             start = max(0, stream.play_sample(time.monotonic())) // self._block * self._block
-            self._cur = None
+            self._tail[:] = 0.0
         elif delay > 0:
             await asyncio.sleep(delay)
         if session.closing:
             raise MediaStreamError
-        b = self._block
-        cur = self._cur if self._cur is not None else out.take_audio(start, b)
-        ahead = out.take_audio(start + b, b)
-        window = np.concatenate([self._prev, cur, ahead])
-        y = resample_poly(window, self._up, 1)[b * self._up : 2 * b * self._up]
-        self._prev, self._cur = cur, ahead
+        b, pad = self._block, self.PAD
+        cur = out.take_audio(start, b)
+        window = np.concatenate([self._tail, cur, out.peek_audio(start + b, pad)])
+        y = resample_poly(window, self._up, 1)[pad * self._up : (pad + b) * self._up]
+        self._tail = cur[-pad:].copy()
         self._next = start // b + 1
         pcm = (np.clip(y, -1.0, 1.0) * 32767.0).astype(np.int16)
         stereo = np.repeat(pcm, 2).reshape(1, -1)  # packed s16: L R L R ...

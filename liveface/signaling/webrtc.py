@@ -17,7 +17,8 @@ from aiortc.rtp import RtpPacket
 from av import AudioFrame
 
 from liveface.errors import BadInputError
-from liveface.pipeline.ingest import Resampler, pcm_to_float
+from liveface.pipeline.ingest import pcm_to_float
+from liveface.pipeline.resample import StreamingResampler
 from liveface.runtime.session import Session
 from liveface.signaling.tracks import AvatarAudioTrack, AvatarVideoTrack
 
@@ -153,7 +154,7 @@ class PeerSession:
 
     async def _ingest(self, track: MediaStreamTrack) -> None:
         """Microphone frames (48 kHz Opus, decoded) -> mono float at the engine's rate."""
-        resampler: Resampler | None = None
+        resampler: StreamingResampler | None = None
         rate = self.session.spec.sample_rate
         while True:
             try:
@@ -167,7 +168,7 @@ class PeerSession:
             pcm = frame.to_ndarray().reshape(-1)  # packed s16: (1, samples * channels)
             x = pcm_to_float(pcm, "s16le", channels)
             if resampler is None or resampler.in_rate != frame.sample_rate:
-                resampler = Resampler(frame.sample_rate, rate)
+                resampler = StreamingResampler(frame.sample_rate, rate)
             self.session.push(resampler.push(x))
 
     async def _watchdog(self) -> None:

@@ -109,10 +109,10 @@ class PageMeasure:
         return [self.frames[(t >= a) & (t < b), 1] for a, b in windows]
 
     @staticmethod
-    def motion(levels: list[np.ndarray]) -> float:
-        """Median absolute frame-to-frame change of the mouth level over the windows."""
-        diffs = [np.abs(np.diff(x)) for x in levels if x.size > 1]
-        return float(np.median(np.concatenate(diffs))) if diffs else float("nan")
+    def spread(levels: list[np.ndarray]) -> float:
+        """Mean over the windows of the mouth level's standard deviation within each window."""
+        stds = [float(np.std(x)) for x in levels if x.size > 1]
+        return float(np.mean(stds)) if stds else float("nan")
 
     def speech_windows(self, shift: float) -> list[tuple[float, float]]:
         return [(a + shift, b + shift) for a, b in zip(self.onsets, self.offsets, strict=False)]

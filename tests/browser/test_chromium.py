@@ -73,7 +73,7 @@ async def test_browser_sessions_lipsync_and_capacity(served, tmp_path):
         assert sum(x.size for x in silence) > 10
         assert sum(x.size for x in speech) > 10
         # Moves in speech, rests in silence (idle breathing and head sway change it only slowly).
-        assert m.motion(speech) > 3 * m.motion(silence) + 0.5
+        assert m.spread(speech) > 3 * m.spread(silence) + 1.0
         assert max(float(np.ptp(x)) for x in silence if x.size) < delta * 2
         # Audio and video playout within 40 ms (Chrome's estimatedPlayoutTimestamp, both tracks).
         sync = m.sync_ms[len(m.sync_ms) // 4 :]
