@@ -55,11 +55,8 @@ async def serve(config: ServerConfig, engine: Engine, stop: asyncio.Event) -> No
     from liveface.signaling.http import build_app
 
     portrait = load_image(config.portrait) if config.portrait else None
-    # Check the default portrait once at start-up: a bad one is a config error, not a 4xx later.
-    if portrait is not None:
-        engine.close(engine.open(portrait, None, {}))
     runtime = Runtime(config, engine, default_portrait=portrait)
-    runtime.start()
+    runtime.start()  # opens the default portrait once: a bad one fails here, not per client
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(runtime.aclose)
         if config.http:

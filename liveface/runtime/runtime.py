@@ -38,6 +38,14 @@ class Runtime:
         self.started = time.monotonic()
 
     def start(self) -> None:
+        """Warm the engine up, then start its worker.
+
+        One throw-away session on the default portrait: it fails early on a bad default
+        portrait, and pays the engine's one-time costs (imports of native libraries, which hold
+        the GIL and would otherwise stall every live session's event loop when the first client
+        arrives).
+        """
+        self.engine.close(self.engine.open(self.default_portrait, None, {}))
         self.worker.start()
 
     async def aclose(self) -> None:
