@@ -113,16 +113,6 @@ class OutputBuffer:
             self.stats.frames_repeated += 1
         return self.last_frame, False
 
-    def peek_audio(self, start: int, count: int) -> np.ndarray:
-        """Samples ``[start, start + count)`` if held (missing parts are 0); nothing is consumed."""
-        out = np.zeros(count, dtype=np.float32)
-        stop = start + count
-        for s, x in self._audio:
-            a, b = max(s, start), min(s + x.shape[0], stop)
-            if a < b:
-                out[a - start : b - start] = x[a - s : b - s]
-        return out
-
     def take_audio(self, start: int, count: int) -> np.ndarray:
         """Samples ``[start, start + count)``; missing parts are silence (counted)."""
         out = np.zeros(count, dtype=np.float32)

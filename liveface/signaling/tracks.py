@@ -15,8 +15,8 @@ import time
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, VideoFrame
-from scipy.signal import resample_poly
 
+from liveface.pipeline.resample import StreamingResampler
 from liveface.runtime.session import Session
 
 VIDEO_CLOCK = 90000
@@ -105,25 +105,23 @@ class AvatarAudioTrack(MediaStreamTrack):
 
     aiortc's Opus encoder stamps packets by the samples it has encoded, and its resampler holds
     back a partial frame whenever the input is not already 48 kHz stereo in 960-sample frames -
-    which would send the voice 20 ms after the picture. So the track upsamples itself, with a
-    centred (zero-delay) polyphase filter that peeks ``PAD`` samples ahead in the output buffer
-    (more than the filter's half length), and hands the encoder frames it passes straight through.
+    which would send the voice 20 ms after the picture. So the track upsamples itself with the
+    streaming resampler (its delay, half a millisecond, is negligible next to a 40 ms frame) and
+    hands the encoder frames it passes straight through.
     """
 
     kind = "audio"
     OUT_RATE = 48000
-    PAD = 24
 
     def __init__(self, session: Session) -> None:
         super().__init__()
         self._session = session
         rate = session.spec.sample_rate
-        if self.OUT_RATE % rate:
-            raise ValueError(f"engine sample rate {rate} must divide {self.OUT_RATE}")
-        self._up = self.OUT_RATE // rate
+        if self.OUT_RATE * AUDIO_BLOCK_MS % 1000 or rate * AUDIO_BLOCK_MS % 1000:
+            raise ValueError(f"{AUDIO_BLOCK_MS} ms must be whole samples at {rate} Hz")
         self._block = rate * AUDIO_BLOCK_MS // 1000
         self._next: int | None = None
-        self._tail = np.zeros(self.PAD, np.float32)  # the last samples of the previous block
+        self._upsampler = StreamingResampler(rate, self.OUT_RATE)
         self._time_base = fractions.Fraction(1, self.OUT_RATE)
         self.send_latency = SendLatency()
 
@@ -141,22 +139,18 @@ class AvatarAudioTrack(MediaStreamTrack):
         delay = stream.due(start) - self.send_latency.estimate - time.monotonic()
         if delay < -CATCH_UP_S:
             start = max(0, stream.play_sample(time.monotonic())) // self._block * self._block
-            self._tail[:] = 0.0
         elif delay > 0:
             await asyncio.sleep(delay)
         if session.closing:
             raise MediaStreamError
-        b, pad = self._block, self.PAD
-        cur = out.take_audio(start, b)
-        window = np.concatenate([self._tail, cur, out.peek_audio(start + b, pad)])
-        y = resample_poly(window, self._up, 1)[pad * self._up : (pad + b) * self._up]
-        self._tail = cur[-pad:].copy()
+        b = self._block
+        y = self._upsampler.push(out.take_audio(start, b))
         self._next = start // b + 1
         pcm = (np.clip(y, -1.0, 1.0) * 32767.0).astype(np.int16)
         stereo = np.repeat(pcm, 2).reshape(1, -1)  # packed s16: L R L R ...
         af = AudioFrame.from_ndarray(stereo, format="s16", layout="stereo")
         af.sample_rate = self.OUT_RATE
-        af.pts = start * self._up
+        af.pts = start * self.OUT_RATE // session.spec.sample_rate
         af.time_base = self._time_base
         self.send_latency.on_return()
         return af
