@@ -10,6 +10,7 @@ import sys
 
 from liveface.engines.base import Engine
 from liveface.engines.factory import create_engine
+from liveface.errors import ConfigError
 from liveface.pipeline.image import load_image
 from liveface.runtime.config import ServerConfig
 
@@ -64,7 +65,13 @@ async def serve(config: ServerConfig, engine: Engine, stop: asyncio.Event) -> No
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
             site = web.TCPSite(runner, config.host, config.port)
-            await site.start()
+            try:
+                await site.start()
+            except OSError as e:
+                raise ConfigError(
+                    f"cannot listen on {config.host}:{config.port} ({e.strerror}); "
+                    "pick another --port or stop what uses it"
+                ) from e
             log.info("serving http://%s:%d (engine %s)", config.host, config.port, engine.name)
         if config.zmq:
             from liveface.signaling.zmq_server import ZmqServer
