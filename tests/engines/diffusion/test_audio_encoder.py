@@ -17,13 +17,6 @@ SR = 16000
 HIDDEN, LAYERS = 32, 2
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def wav2vec2_dir(tmp_path_factory):

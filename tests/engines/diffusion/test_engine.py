@@ -22,14 +22,6 @@ from tests.engines.diffusion.stream_helpers import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def engine() -> DiffusionEngine:
     return tiny_engine()

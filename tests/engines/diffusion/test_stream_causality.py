@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from liveface.pipeline.audio_ring import AudioRing
 from liveface.pipeline.chunker import Chunker
@@ -17,13 +16,6 @@ from tests.engines.diffusion.stream_helpers import sample_portrait, speech, tiny
 LOOKAHEAD = 1280  # 80 ms at 16 kHz
 CHUNKS = 3
 
-
-@pytest.fixture(autouse=True)
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
