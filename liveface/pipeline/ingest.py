@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from liveface.errors import AudioFormatError
-from liveface.pipeline.resample import StreamingResampler
 
 #: Sample formats accepted on the wire, mapped to numpy dtypes (little endian).
 PCM_FORMATS: dict[str, np.dtype] = {
@@ -49,7 +48,3 @@ def pcm_to_float(data: bytes | np.ndarray, fmt: str, channels: int) -> np.ndarra
         x = x.reshape(-1, channels).mean(axis=1)
     x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
     return np.clip(x, -1.0, 1.0, out=x)
-
-
-# The rate converter every transport uses, under the name the transports import.
-Resampler = StreamingResampler

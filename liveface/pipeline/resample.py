@@ -80,6 +80,7 @@ class StreamingResampler:
         return self._convert(x)
 
     def _convert(self, x: np.ndarray) -> np.ndarray:
+        assert self._bank is not None
         self._buf = np.concatenate([self._buf, x])
         have = self._base + self._buf.shape[0]  # inputs [0, have) are known
         # Output m needs input i = (m * down) // up, so it is ready while i < have.

@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from liveface.engines.base import Engine
+from liveface.pipeline.resample import StreamingResampler
 from liveface.runtime.config import ServerConfig
 from liveface.runtime.metrics import Metrics
 from liveface.runtime.registry import SessionRegistry
@@ -46,6 +47,7 @@ class Runtime:
         arrives).
         """
         self.engine.close(self.engine.open(self.default_portrait, None, {}))
+        StreamingResampler(48000, self.engine.spec.sample_rate)  # imports its filter design
         self.worker.start()
 
     async def aclose(self) -> None:

@@ -180,8 +180,11 @@ class Session:
             if stream.started:
                 self._emit_playback(stream.playback_events())
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel that
+            # arrives just as the event is set (cpython#86296), and aclose() would wait forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), TICK_S)
+                async with asyncio.timeout(TICK_S):
+                    await self._wake.wait()
 
     # -- results (worker thread -> loop) -------------------------------------------------------
 
