@@ -1,0 +1,108 @@
+"""``run_avatar.py render``: any common audio file in, an mp4 with the audio muxed out."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tone_file(path: Path, rate: int, seconds: float) -> Path:
+    t = np.arange(int(rate * seconds)) / rate
+    x = (0.3 * np.sin(2 * np.pi * 200 * t) * (t < seconds / 2)).astype(np.float32)
+    with av.open(str(path), "w") as c:
+        codec = {".mp3": "libmp3lame", ".ogg": "libvorbis", ".wav": "pcm_s16le"}[path.suffix]
+        s = c.add_stream(codec, rate=rate)
+        s.layout = "mono"
+        fmt = "s16" if codec == "pcm_s16le" else s.codec_context.format.name
+        frame = av.AudioFrame.from_ndarray(
+            (x * 32767).astype(np.int16).reshape(1, -1) if fmt == "s16" else x.reshape(1, -1),
+            format=fmt if fmt in ("s16", "fltp", "flt") else "fltp",
+            layout="mono",
+        )
+        frame.sample_rate = rate
+        for p in s.encode(frame):
+            c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    return path
+
+
+@pytest.mark.parametrize(("suffix", "rate"), [(".wav", 44100), (".mp3", 22050)])
+def test_render_makes_an_mp4_with_audio(tmp_path, suffix, rate):
+    if suffix == ".mp3" and "libmp3lame" not in av.codecs_available:
+        pytest.skip("this PyAV has no mp3 encoder to make the input")
+    audio = tone_file(tmp_path / f"in{suffix}", rate, 2.0)
+    out = tmp_path / "out.mp4"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "run_avatar.py"),
+            "render",
+            "--audio",
+            str(audio),
+            "--out",
+            str(out),
+            "--size",
+            "256",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "frame" in proc.stderr  # the progress bar
+    with av.open(str(out)) as c:
+        video = c.streams.video[0]
+        audio_stream = c.streams.audio[0]
+        assert (video.width, video.height) == (256, 256)
+        frames = sum(1 for _ in c.decode(video=0))
+    assert abs(frames - 50) <= 1  # 2 s at 25 fps
+    assert audio_stream.rate == 48000
+    with av.open(str(out)) as c:
+        pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)])
+    # The tone is in the first half and silence in the second, in the muxed audio too.
+    half = pcm.shape[0] // 2
+    assert np.abs(pcm[: half - 4800]).mean() > 10 * np.abs(pcm[half + 4800 :]).mean()
+
+
+def test_render_reports_bad_audio_clearly(tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF nonsense")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "run_avatar.py"),
+            "render",
+            "--audio",
+            str(bad),
+            "--out",
+            str(tmp_path / "o.mp4"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    assert "error:" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_refuses_bad_config(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run_avatar.py"), "serve", "--size", "63"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    assert "width must be an even number" in proc.stderr
