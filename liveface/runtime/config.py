@@ -32,6 +32,8 @@ class ServerConfig:
         checkpoint: diffusion checkpoint directory.
         max_upload_mb: largest portrait upload accepted.
         audio_jitter_packets: audio packets aiortc holds before decoding (its default is 4).
+        degrade_high, degrade_low: engine utilisation above which quality is lowered, below
+            which it is raised again (see liveface.runtime.degrade); degrade_high >= 1 disables.
         uvloop: use uvloop when installed.
         log_level: Python logging level name.
     """
@@ -53,6 +55,8 @@ class ServerConfig:
     checkpoint: str | None = None
     max_upload_mb: float = 10.0
     audio_jitter_packets: int = 0
+    degrade_high: float = 0.9
+    degrade_low: float = 0.55
     uvloop: bool = True
     log_level: str = "INFO"
 
@@ -78,6 +82,8 @@ class ServerConfig:
             problems.append(f"delay_ms must be 0..5000 (got {self.delay_ms})")
         if not 0 <= self.audio_jitter_packets <= 16:
             problems.append(f"audio_jitter_packets must be 0..16 (got {self.audio_jitter_packets})")
+        if not 0.0 < self.degrade_low < self.degrade_high:
+            problems.append("degrade thresholds need 0 < degrade_low < degrade_high")
         if not self.http and not self.zmq:
             problems.append("with http off, set zmq to an address, or nothing is served")
         if self.portrait is not None and not Path(self.portrait).is_file():

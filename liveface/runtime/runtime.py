@@ -13,6 +13,7 @@ import numpy as np
 from liveface.engines.base import Engine
 from liveface.pipeline.resample import StreamingResampler
 from liveface.runtime.config import ServerConfig
+from liveface.runtime.degrade import DegradeConfig
 from liveface.runtime.metrics import Metrics
 from liveface.runtime.registry import SessionRegistry
 from liveface.runtime.worker import EngineWorker
@@ -34,7 +35,11 @@ class Runtime:
         self.engine = engine
         self.default_portrait = default_portrait
         self.metrics = Metrics()
-        self.worker = EngineWorker(engine, self.metrics)
+        self.worker = EngineWorker(
+            engine,
+            self.metrics,
+            degrade=DegradeConfig(high=config.degrade_high, low=config.degrade_low),
+        )
         self.registry = SessionRegistry(config.max_sessions, self.metrics)
         self.started = time.monotonic()
 

@@ -38,6 +38,7 @@ from liveface.engines.diffusion.dit import TextContext
 from liveface.engines.diffusion.generation import ChunkGenerator, ChunkOutput, Profile
 from liveface.engines.diffusion.motion import MotionCache, MotionLayout
 from liveface.engines.diffusion.portrait import augmented_views, default_portrait, fit_portrait
+from liveface.engines.diffusion.sampler import cheaper_schedules, describe_schedule
 from liveface.engines.diffusion.stream_config import StreamConfig
 from liveface.engines.diffusion.stream_sampler import StreamSampler
 from liveface.engines.diffusion.streaming import (
@@ -112,6 +113,7 @@ class DiffusionEngine(Engine):
             lookahead,
         )  # fmt: skip
         self.audio = AudioConditioner(bundle.encoder, adapter, plan, self.stream.idle)
+        self.schedules = cheaper_schedules(self.stream.sampler)
         self.sampler = StreamSampler(self.stream.sampler)
         self.generator = ChunkGenerator(
             dit, self.audio, layout, self.decoder, self.sampler, bundle.device
@@ -219,6 +221,15 @@ class DiffusionEngine(Engine):
             while len(self._texts) > TEXT_CACHE_SIZE:
                 self._texts.popitem(last=False)
         return context
+
+    def quality_levels(self) -> list[str]:
+        """The configured schedule, then cheaper ones (no guidance, halved steps)."""
+        return [describe_schedule(s) for s in self.schedules]
+
+    def set_quality(self, level: int) -> None:
+        """Sample with ``self.schedules[level]`` from the next chunk on (worker thread)."""
+        self.sampler = StreamSampler(self.schedules[level])
+        self.generator.sampler = self.sampler
 
     def interrupt(self, state: EngineState) -> None:
         _diffusion_state(state).request_restart()

@@ -108,6 +108,38 @@ class SamplerConfig:
         return cls.from_dict(json.loads(text))
 
 
+def cheaper_schedules(config: SamplerConfig) -> list[SamplerConfig]:
+    """The schedule and cheaper variants of it, best first, for graceful degradation.
+
+    Guidance is dropped first (it doubles the denoiser calls), then the steps are halved down to
+    one; an explicit distilled timestep list keeps every other level, always its first (the pure
+    noise level), so each variant stays a valid predict-x0-then-re-noise schedule.
+    """
+    out = [config]
+    cur = config
+    if cur.guidance_scale != 1.0:
+        cur = dataclasses.replace(cur, guidance_scale=1.0)
+        out.append(cur)
+    while True:
+        if cur.timesteps is not None:
+            if len(cur.timesteps) == 1:
+                break
+            cur = dataclasses.replace(cur, timesteps=cur.timesteps[::2])
+        else:
+            if cur.steps == 1:
+                break
+            cur = dataclasses.replace(cur, steps=cur.steps // 2)
+        out.append(cur)
+    return out
+
+
+def describe_schedule(config: SamplerConfig) -> str:
+    """``"4 steps"``, ``"2 steps, guidance 3.5"``: a quality level's name."""
+    steps = len(config.timesteps) if config.timesteps is not None else config.steps
+    text = f"{steps} step{'s' if steps != 1 else ''}"
+    return text if config.guidance_scale == 1.0 else f"{text}, guidance {config.guidance_scale:g}"
+
+
 def sampling_sigmas(config: SamplerConfig) -> torch.Tensor:
     """Noise levels ``(num_steps + 1,)`` float64, decreasing, ending at 0."""
     if config.timesteps is not None:

@@ -248,3 +248,24 @@ def test_official_file_names_and_the_full_vae_decoder(tmp_path):
     shapes += [c.frames.shape[0] for c in run(engine, state, signal, 1, first_frame=9,
                                               first_index=2, epoch=1)]  # fmt: skip
     assert shapes == [1, engine.spec.chunk_frames, engine.spec.chunk_frames]
+
+
+def test_quality_levels_trade_steps_for_time(engine):
+    """Degradation levels: the configured 4 steps, then 2, then 1; fewer denoiser calls."""
+    assert engine.quality_levels() == ["4 steps", "2 steps", "1 step"]
+    calls = []
+    dit = engine.generator.dit
+    handle = dit.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        counts = []
+        for level in (0, 2):
+            engine.set_quality(level)
+            state = engine.open(sample_portrait(), None, {"seed": 1})
+            calls.clear()
+            run(engine, state, speech(1.0), 2)
+            counts.append(len(calls))
+            engine.close(state)
+    finally:
+        engine.set_quality(0)
+        handle.remove()
+    assert counts[1] < counts[0]

@@ -174,3 +174,14 @@ def test_sampler_imports_no_model():
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert {m for m in imported if m.startswith("liveface")} == {"liveface.errors"}
+
+
+def test_cheaper_schedules_drop_guidance_then_halve_steps():
+    from liveface.engines.diffusion.sampler import cheaper_schedules, describe_schedule
+
+    cfg = SamplerConfig(kind="distilled", timesteps=(1000, 750, 500, 250), guidance_scale=2.0)
+    names = [describe_schedule(c) for c in cheaper_schedules(cfg)]
+    assert names == ["4 steps, guidance 2", "4 steps", "2 steps", "1 step"]
+    assert cheaper_schedules(cfg)[2].timesteps == (1000.0, 500.0)
+    euler = cheaper_schedules(SamplerConfig(kind="euler", steps=8))
+    assert [c.steps for c in euler] == [8, 4, 2, 1]
