@@ -32,11 +32,14 @@ Layout of ``DIR`` (``run_avatar.py --engine diffusion --checkpoint DIR``)::
                 "motion": {"overlap": 2, "levels": [[2, 2], [4, 4]]},
                 "codebook": {"source": "identity", "size": 256, "mode": "soft", "tau": null},
                 "sampler": {"kind": "distilled", "steps": 4, "shift": 5.0},
-                "decoder": "auto", "audio_context_ms": 1000, "idle": "silence"}}
+                "decoder": "auto", "audio_context_ms": 1000, "idle": "silence",
+                "compile": "auto"}}
 
 A VAE ``config`` is a preset name (``wan2.2``, ``taew2_2``, ...), a config object, or null for a
 ``.safetensors`` file written by ``vae.save_vae`` (which carries its config). ``device`` / ``dtype``
-default to cuda + bfloat16 when CUDA is available, else cpu + float32.
+default to cuda + bfloat16 when CUDA is available, else cpu + float32. ``stream.compile`` is
+``auto`` (``torch.compile`` with CUDA graphs, ``reduce-overhead``, on CUDA; eager on the CPU),
+``off``, or a ``torch.compile`` mode (``default``, ``reduce-overhead``, ``max-autotune``, ...).
 
 Nothing is downloaded and nothing is ever initialised at random: a missing or incomplete
 directory is a :class:`~liveface.errors.ConfigError` that says what to fetch, a damaged file a

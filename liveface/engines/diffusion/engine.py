@@ -27,6 +27,7 @@ import torch
 
 from liveface.engines.base import AudioChunk, Engine, EngineSpec, EngineState, VideoChunk
 from liveface.engines.diffusion.audio_stream import AudioConditioner, AudioPlan
+from liveface.engines.diffusion.backends.compiled import CompileConfig, CompiledStep
 from liveface.engines.diffusion.bundle_loading import Bundle, load_bundle
 from liveface.engines.diffusion.codebook import (
     CORRECTION_MODES,
@@ -118,6 +119,11 @@ class DiffusionEngine(Engine):
         self.generator = ChunkGenerator(
             dit, self.audio, layout, self.decoder, self.sampler, bundle.device
         )
+        mode = self.stream.compile_mode(bundle.device)
+        if mode != "off":
+            self.generator.step = CompiledStep(
+                dit, CompileConfig(mode=mode), device=bundle.device, name="DiT denoising step"
+            )
         r = self.frames_per_latent
         self._spec = EngineSpec(
             fps=fps,
@@ -239,10 +245,12 @@ class DiffusionEngine(Engine):
 
     def describe(self, state: EngineState) -> dict[str, Any]:
         held = _diffusion_state(state).held
+        step = self.generator.step
         out: dict[str, Any] = {
             "latent_grid": [self.layout.height, self.layout.width],
             "history_frames": held.motion.frames,
             "history_tokens": held.motion.tokens,
+            "denoiser": "eager" if step is None else step.backend,
         }
         if held.codebook is not None:
             out.update(codebook_size=held.codebook.size, codebook_tau=held.codebook.tau)
@@ -250,7 +258,8 @@ class DiffusionEngine(Engine):
 
     # -- chunks ---------------------------------------------------------------------------------
     def generate(self, batch: Sequence[tuple[EngineState, AudioChunk]]) -> list[VideoChunk]:
-        """Generate a batch; chunks with equal latent length share every DiT forward.
+        """Generate a batch; chunks with equal latent length share every DiT forward, and on
+        CUDA one group's denoising overlaps the previous group's decoding (:mod:`.generation`).
 
         Two chunks of one session in a batch run one after the other (the second conditions on
         the first)."""
@@ -281,10 +290,11 @@ class DiffusionEngine(Engine):
         for i, (_, _, plan) in enumerate(plans):
             groups.setdefault(plan.latents, []).append(i)
         profile = Profile(self.profile, self.bundle.device)
+        members = list(groups.values())
+        done = self.generator.generate([[plans[i] for i in m] for m in members], profile)
         outputs: dict[int, ChunkOutput] = {}
-        for members in groups.values():
-            done = self.generator.run([plans[i] for i in members], profile)
-            outputs.update(zip(members, done, strict=True))
+        for m, outs in zip(members, done, strict=True):
+            outputs.update(zip(m, outs, strict=True))
         elapsed = (time.perf_counter() - t0) * 1000.0
         results = []
         for i, (state, chunk, plan) in enumerate(plans):
@@ -297,7 +307,7 @@ class DiffusionEngine(Engine):
                 info["codebook_corrected"] = float(out.corrected)
             results.append(
                 VideoChunk(
-                    frames=out.frames.numpy(),
+                    frames=out.frames,
                     first_frame=chunk.first_frame,
                     start=chunk.start,
                     audio=np.array(chunk.samples, dtype=np.float32),

@@ -11,27 +11,54 @@ For chunks of several sessions that generate the same number of latent frames:
    whole batch, per-session noise (:class:`.stream_sampler.StreamSampler`);
 4. codebook drift correction of the new latents, which then enter the motion cache;
 5. decode of the new (uncorrected) latents with each session's streaming decoder state.
+
+Execution (:mod:`.streams`): a batch's chunks are grouped by latent length; each group's audio
+runs on the AUDIO stage and is handed off to DENOISE; steps 2-4 of a group run on the DENOISE
+stage and step 5 on the DECODE stage through an :class:`~.streams.Overlap`, so on CUDA group
+``g + 1`` denoises while group ``g`` decodes and copies its frames (uint8, converted on the
+device) into pinned host buffers. The only host synchronisation is waiting for those copies. On
+the CPU everything runs in order, with the same results.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
+import numpy as np
 import torch
 
 from liveface.engines.base import AudioChunk
 from liveface.engines.diffusion.attention import KeyValue
 from liveface.engines.diffusion.audio_injection import AudioTokens
 from liveface.engines.diffusion.audio_stream import AudioConditioner
+from liveface.engines.diffusion.backends.compiled import CompiledStep
+from liveface.engines.diffusion.batching import flatten
 from liveface.engines.diffusion.dit import TextContext, WanDiT
 from liveface.engines.diffusion.kv_cache import PrefixCache
 from liveface.engines.diffusion.motion import MotionLayout
 from liveface.engines.diffusion.rope import RotaryTables
 from liveface.engines.diffusion.stream_sampler import StreamSampler
 from liveface.engines.diffusion.streaming import ChunkPlan, DiffusionState, noise_seed
-from liveface.engines.diffusion.vae import StreamingDecoder, StreamState, frames_to_uint8
+from liveface.engines.diffusion.streams import (
+    HostFrames,
+    Overlap,
+    PinnedPool,
+    Stage,
+    StageStreams,
+    copy_to_host,
+    device_frames_to_uint8,
+)
+from liveface.engines.diffusion.vae import StreamingDecoder, StreamState
+
+#: Input shapes of the DiT step that are compiled (each on its first call); more run eagerly.
+MAX_COMPILED_SHAPES = 8
+
+#: One chunk of a batch: the session, its audio, its plan.
+Item = tuple[DiffusionState, AudioChunk, ChunkPlan]
 
 
 @dataclass
@@ -59,12 +86,25 @@ class ChunkOutput:
     """One chunk's result.
 
     Attributes:
-        frames: uint8 ``(n, H, W, 3)`` on the CPU.
-        corrected: features the codebook pulled back (0-dim tensor), None without a codebook.
+        frames: uint8 ``(n, H, W, 3)`` on the host.
+        corrected: features the codebook pulled back, None without a codebook.
     """
 
-    frames: torch.Tensor
-    corrected: torch.Tensor | None
+    frames: np.ndarray
+    corrected: float | None
+
+
+@dataclass
+class _Group:
+    """A group of equal-length chunks in the pipeline (the :class:`~.streams.Overlap` tag).
+
+    ``shapes`` (each chunk's frames, in order, packed flat into one copy) is set by the decode,
+    ``counts`` (the codebook corrections of the chunks in ``counted``) by the denoising."""
+
+    items: Sequence[Item]
+    shapes: list[tuple[int, ...]] = field(default_factory=list)
+    counted: list[int] = field(default_factory=list)
+    counts: HostFrames | None = None
 
 
 def stack_text(texts: Sequence[TextContext]) -> TextContext:
@@ -101,6 +141,11 @@ class ChunkGenerator:
         self.reference_rope = dit.rotary(layout.reference_positions())
         self.history_rope = dit.rotary(layout.history_positions())
         self._new_rope: dict[int, RotaryTables] = {}
+        #: The compiled denoising step (None: the eager DiT); warmed up on its first call.
+        self.step: CompiledStep | None = None
+        self._compiled_shapes: set[Hashable] = set()
+        self.streams = StageStreams(device)
+        self.pool = PinnedPool(max_free=8, pin=device.type == "cuda")
 
     def new_rope(self, latents: int) -> RotaryTables:
         if latents not in self._new_rope:
@@ -121,27 +166,82 @@ class ChunkGenerator:
         past = PrefixCache.stack([s.held.reference_prefix for s in states])
         return self.dit.encode_prefix(tokens, self.history_rope, text, past=past)
 
+    def denoiser(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """One DiT forward, through the compiled step when there is one.
+
+        The first call of each input shape (batch size, chunk length, shared or stacked prompt),
+        up to :data:`MAX_COMPILED_SHAPES` of them, warms the step up: it compiles (and, with
+        CUDA graphs, captures) for that shape, which stalls that chunk once. Later shapes run
+        eagerly."""
+        step = self.step
+        if step is None:
+            out: torch.Tensor = self.dit(*args, **kwargs)
+            return out
+        if step.fallback_reason is None and len(self._compiled_shapes) < MAX_COMPILED_SHAPES:
+            try:
+                leaves, spec = flatten((args, kwargs))
+                key: Hashable = (spec, tuple(tuple(t.shape) for t in leaves))
+            except TypeError:
+                key = None
+            if key not in self._compiled_shapes:
+                self._compiled_shapes.add(key)
+                return step.warm_up(*args, **kwargs)
+        return step(*args, **kwargs)
+
     @torch.no_grad()
-    def run(
-        self,
-        items: Sequence[tuple[DiffusionState, AudioChunk, ChunkPlan]],
-        profile: Profile,
-    ) -> list[ChunkOutput]:
+    def run(self, items: Sequence[Item], profile: Profile) -> list[ChunkOutput]:
         """Generate chunks that all ask for the same number of latent frames."""
-        k = items[0][2].latents
-        if any(plan.latents != k for _, _, plan in items):
-            raise ValueError("a batch step needs chunks of equal latent length")
-        states = [s for s, _, _ in items]
-        tokens = self.audio.tokens([c for _, c, _ in items], k)
-        audio = AudioTokens(tokens=tokens, first_frame=0)
+        return self.generate([items], profile)[0]
+
+    @torch.no_grad()
+    def generate(
+        self, groups: Sequence[Sequence[Item]], profile: Profile
+    ) -> list[list[ChunkOutput]]:
+        """Generate groups of chunks, each of equal latent length and no session twice, one
+        group's denoising overlapping the previous group's decoding; results per group."""
+        for items in groups:
+            k = items[0][2].latents
+            if any(plan.latents != k for _, _, plan in items):
+                raise ValueError("a batch step needs chunks of equal latent length")
+        streams = self.streams
+        overlap: Overlap[_Group] = Overlap(streams, self.pool)
+        finished = []
+        tokens = self._audio(groups[0], profile) if groups else None
+        for g, items in enumerate(groups):
+            assert tokens is not None
+            current = tokens
+            streams.handoff(Stage.AUDIO, Stage.DENOISE, current)
+            if g + 1 < len(groups):  # the next group's audio runs while this one denoises
+                tokens = self._audio(groups[g + 1], profile)
+            job = _Group(items)
+            denoise = partial(self._denoise, job, current, profile)
+            done = overlap.submit(denoise, partial(self._decode, job, profile), job)
+            if done is not None:
+                finished.append(done)
+        last = overlap.flush()
+        if last is not None:
+            finished.append(last)
+        return [self._outputs(f.tag, f.frames) for f in finished]
+
+    def _audio(self, items: Sequence[Item], profile: Profile) -> torch.Tensor:
+        with self.streams.run(Stage.AUDIO):
+            tokens = self.audio.tokens([c for _, c, _ in items], items[0][2].latents)
         profile.mark("audio")
+        return tokens
+
+    def _denoise(self, job: _Group, tokens: torch.Tensor, profile: Profile) -> torch.Tensor:
+        """Conditioning, sampling, correction and the motion cache (DENOISE stage)."""
+        items = job.items
+        k = items[0][2].latents
+        states = [s for s, _, _ in items]
+        audio = AudioTokens(tokens=tokens, first_frame=0)
         text = stack_text([s.held.text for s in states])
         prefix = self.condition(states, text)
         profile.mark("condition")
         rope = self.new_rope(k)
 
         def denoise(x: torch.Tensor, t: torch.Tensor, a: AudioTokens = audio) -> torch.Tensor:
-            return self.dit(x, t, text, positions=rope, audio=a, prefix=prefix)
+            return self.denoiser(x, t, text, positions=rope, audio=a, prefix=prefix)
 
         def uncond(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return denoise(x, t, audio.unconditional())
@@ -157,10 +257,16 @@ class ChunkGenerator:
             on_step=lambda i: profile.mark(f"step{i}"),
         )  # fmt: skip
         corrected = self._correct_and_remember(states, latents)
+        job.counted = [i for i, c in enumerate(corrected) if c is not None]
+        if job.counted:
+            counts = torch.stack(
+                [c.to(torch.float64).reshape(()) for c in corrected if c is not None]
+            )
+            job.counts = copy_to_host(
+                self.streams, counts, self.pool, after=self.streams.record(Stage.DENOISE)
+            )
         profile.mark("codebook")
-        frames = self._decode(items, latents)
-        profile.mark("decode")
-        return [ChunkOutput(f, c) for f, c in zip(frames, corrected, strict=True)]
+        return latents
 
     def _correct_and_remember(
         self, states: Sequence[DiffusionState], latents: torch.Tensor
@@ -175,11 +281,13 @@ class ChunkGenerator:
             out.append(count)
         return out
 
-    def _decode(
-        self, items: Sequence[tuple[DiffusionState, AudioChunk, ChunkPlan]], latents: torch.Tensor
-    ) -> list[torch.Tensor]:
-        """Decode each session's new latents on its own stream state; sessions whose calls look
-        alike (fresh or not, same length) share one batched decoder call."""
+    def _decode(self, job: _Group, profile: Profile, latents: torch.Tensor) -> torch.Tensor:
+        """Decode each session's new latents on its own stream state (DECODE stage); sessions
+        whose calls look alike (fresh or not, same length) share one batched decoder call.
+
+        Returns every chunk's uint8 frames packed into one flat tensor (one copy to the host);
+        their shapes go to ``job.shapes``."""
+        items = job.items
         inputs: list[torch.Tensor] = []
         groups: dict[tuple[bool, int], list[int]] = {}
         for i, (session, _, plan) in enumerate(items):
@@ -197,10 +305,28 @@ class ChunkGenerator:
                 stream = held[0].decoder
             else:
                 stream = StreamState.stack([h.decoder for h in held])
-            video = frames_to_uint8(self.decoder.decode_step(z, stream)).cpu()
+            video = device_frames_to_uint8(self.decoder.decode_step(z, stream))
             if len(members) > 1:
                 for h, part in zip(held, stream.split([1] * len(members)), strict=True):
                     h.decoder = part
             for j, i in enumerate(members):
                 frames[i] = video[j, 1:] if items[i][2].prime else video[j]
-        return [frames[i] for i in range(len(items))]
+        ordered = [frames[i] for i in range(len(items))]
+        job.shapes = [tuple(f.shape) for f in ordered]
+        packed = torch.cat([f.reshape(-1) for f in ordered])
+        profile.mark("decode")
+        return packed
+
+    @staticmethod
+    def _outputs(job: _Group, packed: np.ndarray) -> list[ChunkOutput]:
+        """Unpack a group's frames and codebook counts (on the host)."""
+        counts: list[float | None] = [None] * len(job.items)
+        if job.counts is not None:
+            for i, c in zip(job.counted, job.counts.result().tolist(), strict=True):
+                counts[i] = float(c)
+        out, offset = [], 0
+        for shape, count in zip(job.shapes, counts, strict=True):
+            size = int(np.prod(shape))
+            out.append(ChunkOutput(packed[offset : offset + size].reshape(shape), count))
+            offset += size
+        return out

@@ -12,12 +12,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from liveface.engines.diffusion.audio_stream import IDLE_MODES
+from liveface.engines.diffusion.backends.compiled import COMPILE_MODES
 from liveface.engines.diffusion.codebook import CodebookConfig
 from liveface.engines.diffusion.motion import MotionConfig
 from liveface.engines.diffusion.sampler import SamplerConfig
 from liveface.errors import ConfigError
 
 DECODERS = ("auto", "vae", "light")
+#: ``stream.compile`` values: ``auto`` (``reduce-overhead`` on CUDA, ``off`` on the CPU), ``off``
+#: (eager PyTorch) or a ``torch.compile`` mode for the DiT denoising step.
+COMPILE_CHOICES = ("auto", "off", *COMPILE_MODES)
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,9 @@ class StreamConfig:
         idle: ``silence`` (unvoiced chunks are conditioned on digital silence) or ``input``.
         max_batch: most chunks per ``generate`` call.
         seed: default noise seed of a session (the ``seed`` session option overrides it).
+        compile: ``torch.compile`` of the DiT denoising step (see :data:`COMPILE_CHOICES`);
+            ``reduce-overhead`` and ``max-autotune`` replay CUDA graphs. Compilation happens on
+            the first chunk; any failure falls back to eager PyTorch with the reason logged.
     """
 
     chunk_latents: int = 2
@@ -51,6 +58,7 @@ class StreamConfig:
     idle: str = "silence"
     max_batch: int = 4
     seed: int = 0
+    compile: str = "auto"
 
     def __post_init__(self) -> None:
         problems = []
@@ -66,8 +74,16 @@ class StreamConfig:
             problems.append("max_batch must be >= 1")
         if self.seed < 0:
             problems.append("seed must be >= 0")
+        if self.compile not in COMPILE_CHOICES:
+            problems.append(f"compile must be one of {', '.join(COMPILE_CHOICES)}")
         if problems:
             raise ConfigError("invalid stream config: " + "; ".join(problems))
+
+    def compile_mode(self, device: object) -> str:
+        """The ``torch.compile`` mode of the DiT step on ``device`` (``off``: eager)."""
+        if self.compile != "auto":
+            return self.compile
+        return "reduce-overhead" if str(device).startswith("cuda") else "off"
 
     def replace(self, **changes: Any) -> StreamConfig:
         return dataclasses.replace(self, **changes)
