@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from liveface.engines.diffusion import json_config
 from liveface.engines.diffusion.audio_injection import InjectionPoint
 from liveface.engines.diffusion.config import DiTConfig
 from liveface.errors import ConfigError
@@ -130,25 +130,12 @@ class AudioConfig:
         return out
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        return json_config.dumps(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AudioConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"unknown audio config keys: {', '.join(unknown)}")
-        try:
-            return cls(**dict(data))
-        except TypeError as e:
-            raise ConfigError(f"incomplete audio config ({e})") from e
+        return json_config.build(cls, data, "audio")
 
     @classmethod
     def from_json(cls, text: str) -> AudioConfig:
-        try:
-            data = json.loads(text)
-        except ValueError as e:
-            raise ConfigError(f"audio config is not valid JSON ({e})") from e
-        if not isinstance(data, dict):
-            raise ConfigError("audio config JSON must be an object")
-        return cls.from_dict(data)
+        return cls.from_dict(json_config.parse_object(text, "audio"))

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from liveface.engines.diffusion import json_config
 from liveface.errors import CheckpointError, ConfigError
 
 CODEBOOK_SOURCES = ("identity", "file", "off")
@@ -79,10 +80,7 @@ class CodebookConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CodebookConfig:
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown codebook config keys: {', '.join(unknown)}")
-        return cls(**dict(data))
+        return json_config.build(cls, data, "codebook")
 
 
 def _nearest(features: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:

@@ -13,11 +13,11 @@ Two JSON dialects are understood besides our own (:meth:`DiTConfig.to_json`):
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from liveface.engines.diffusion import json_config
 from liveface.errors import ConfigError
 
 MODEL_TYPES = ("t2v", "i2v", "ti2v", "s2v")
@@ -139,28 +139,15 @@ class DiTConfig:
         return out
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        return json_config.dumps(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DiTConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"unknown DiT config keys: {', '.join(unknown)}")
-        try:
-            return cls(**dict(data))
-        except TypeError as e:
-            raise ConfigError(f"incomplete DiT config ({e})") from e
+        return json_config.build(cls, data, "DiT")
 
     @classmethod
     def from_json(cls, text: str) -> DiTConfig:
-        try:
-            data = json.loads(text)
-        except ValueError as e:
-            raise ConfigError(f"DiT config is not valid JSON ({e})") from e
-        if not isinstance(data, dict):
-            raise ConfigError("DiT config JSON must be an object")
-        return cls.from_dict(data)
+        return cls.from_dict(json_config.parse_object(text, "DiT"))
 
     # -- foreign dialects -----------------------------------------------------------------------
     @classmethod

@@ -17,7 +17,6 @@ Rotary positions (frame, row, column), in token-grid units, fixed for every chun
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from liveface.engines.diffusion import json_config
 from liveface.errors import ConfigError
 
 #: Frame position of the reference latent; history and new frames follow it.
@@ -74,9 +74,7 @@ class MotionConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MotionConfig:
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown motion config keys: {', '.join(unknown)}")
+        json_config.check_keys(cls, data, "motion")
         levels = tuple(HistoryLevel(int(f), int(p)) for f, p in data.get("levels", ()))
         return cls(overlap=int(data.get("overlap", 2)), levels=levels)
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from liveface.engines.diffusion.json_config import build, parse_object
 from liveface.errors import ConfigError
 
 #: ``denoise(x, timesteps) -> velocity``; ``x`` ``(batch, channels, frames, height, width)``,
@@ -98,14 +99,11 @@ class SamplerConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SamplerConfig:
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown sampler config keys: {', '.join(unknown)}")
-        return cls(**dict(data))
+        return build(cls, data, "sampler")
 
     @classmethod
     def from_json(cls, text: str) -> SamplerConfig:
-        return cls.from_dict(json.loads(text))
+        return cls.from_dict(parse_object(text, "sampler"))
 
 
 def cheaper_schedules(config: SamplerConfig) -> list[SamplerConfig]:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from liveface.engines.diffusion import json_config
 from liveface.engines.diffusion.audio_stream import IDLE_MODES
 from liveface.engines.diffusion.backends.compiled import COMPILE_MODES
 from liveface.engines.diffusion.codebook import CodebookConfig
@@ -100,11 +101,7 @@ class StreamConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StreamConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"unknown stream config keys: {', '.join(unknown)}")
-        values = dict(data)
+        values = json_config.check_keys(cls, data, "stream")
         try:
             if "motion" in values:
                 values["motion"] = MotionConfig.from_dict(values["motion"])
