@@ -23,6 +23,7 @@ from liveface.engines.base import AudioChunk, EngineState, VideoChunk
 from liveface.errors import SessionClosedError
 from liveface.pipeline.segments import PlaybackEvent
 from liveface.pipeline.stream import StreamConfig, StreamPipeline
+from liveface.runtime.tasks import TaskSet
 from liveface.runtime.worker import EngineWorker
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class Session:
         self._on_event = on_event
         self._state: EngineState | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet()
         self._wake = asyncio.Event()
         self._closed = asyncio.Event()
         self.closing = False
@@ -103,7 +104,7 @@ class Session:
             )
             raise
         self.worker.register(self.id, self._state, self)
-        self._spawn(self._tick_loop())
+        self._tasks.spawn(self._tick_loop())
 
     def describe(self) -> dict[str, Any]:
         """The engine's facts about this session's avatar (see ``Engine.describe``)."""
@@ -113,11 +114,6 @@ class Session:
         """Start the media clock now (pushed-audio transports: the avatar idles from here)."""
         self.stream.start(time.monotonic())
         self._wake.set()
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     @property
     def closed(self) -> bool:
@@ -132,13 +128,7 @@ class Session:
             await self._closed.wait()
             return
         self.closing = True
-        current = asyncio.current_task()
-        tasks = [t for t in self._tasks if t is not current]
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await self._tasks.aclose()
         if self._state is not None:
             fut = self.worker.unregister(self.id)
             try:
@@ -224,7 +214,7 @@ class Session:
     def _on_failure(self, error: BaseException) -> None:
         self._emit(SessionEvent("error", {"code": "engine_failed", "message": str(error)}))
         if not self.closing:
-            self._spawn(self.aclose("engine_failed"))
+            self._tasks.spawn(self.aclose("engine_failed"))
 
     # -- events --------------------------------------------------------------------------------
 

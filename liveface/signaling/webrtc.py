@@ -20,6 +20,7 @@ from liveface.errors import BadInputError
 from liveface.pipeline.ingest import pcm_to_float
 from liveface.pipeline.resample import StreamingResampler
 from liveface.runtime.session import Session
+from liveface.runtime.tasks import TaskSet
 from liveface.signaling.tracks import AvatarAudioTrack, AvatarVideoTrack
 
 log = logging.getLogger(__name__)
@@ -103,16 +104,11 @@ class PeerSession:
         self.pc = RTCPeerConnection()
         self._jitter = jitter_packets
         self._on_closed = on_closed
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet()
         self._closing = False
         self.last_audio = time.monotonic()
         self.video = AvatarVideoTrack(session)
         self.audio = AvatarAudioTrack(session)
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def answer(self, sdp: str, kind: str) -> RTCSessionDescription:
         """Apply the client's offer and produce the answer.
@@ -137,20 +133,20 @@ class PeerSession:
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
         tune_audio_jitter(pc, self._jitter)
-        self._spawn(self._watchdog())
+        self._tasks.spawn(self._watchdog())
         return pc.localDescription
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio":
-            self._spawn(self._ingest(track))
+            self._tasks.spawn(self._ingest(track))
 
     def _on_datachannel(self, channel: Any) -> None:
         if channel.label == "stats":
-            self._spawn(self._send_stats(channel))
+            self._tasks.spawn(self._send_stats(channel))
 
     def _on_state(self) -> None:
         if self.pc.connectionState in ("failed", "closed"):
-            self._spawn(self.aclose(f"peer {self.pc.connectionState}"))
+            self._tasks.spawn(self.aclose(f"peer {self.pc.connectionState}"))
 
     async def _ingest(self, track: MediaStreamTrack) -> None:
         """Microphone frames (48 kHz Opus, decoded) -> mono float at the engine's rate."""
@@ -175,7 +171,7 @@ class PeerSession:
         while not self._closing:
             await asyncio.sleep(1.0)
             if time.monotonic() - self.last_audio > PEER_SILENT_TIMEOUT_S:
-                self._spawn(self.aclose("peer silent"))
+                self._tasks.spawn(self.aclose("peer silent"))
                 return
 
     async def _send_stats(self, channel: Any) -> None:
@@ -208,15 +204,9 @@ class PeerSession:
             return
         self._closing = True
         log.info("session %s ending: %s", self.session.id, reason)
-        current = asyncio.current_task()
-        for t in list(self._tasks):
-            if t is not current:
-                t.cancel()
+        self._tasks.cancel()
         await self.session.aclose(reason)
         with contextlib.suppress(Exception):
             await self.pc.close()
-        for t in list(self._tasks):
-            if t is not current:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+        await self._tasks.aclose()
         self._on_closed(self)

@@ -16,7 +16,6 @@ Three tasks per session, all owned by the :class:`SessionLink` and cancelled in 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import time
@@ -32,6 +31,7 @@ from liveface.errors import AvatarError
 from liveface.pipeline.ingest import pcm_to_float
 from liveface.pipeline.resample import StreamingResampler
 from liveface.runtime.session import Session, SessionEvent
+from liveface.runtime.tasks import TaskSet
 from liveface.signaling.zmq_protocol import (
     ErrorCode,
     Message,
@@ -135,7 +135,7 @@ class SessionLink:
         self._control_limit = max(1, control_queue)
         self._inbox: asyncio.Queue[Message] = asyncio.Queue(maxsize=max(1, inbox))
         self._wake = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(on_error=self._task_failed)
         self._resampler: StreamingResampler | None = None
         self._jpeg_cache: tuple[np.ndarray | None, bytes] = (None, b"")
         self.ending = False
@@ -144,26 +144,16 @@ class SessionLink:
 
     def start(self) -> None:
         for coro in (self._ingest(), self._pace(), self._send_loop()):
-            task = asyncio.ensure_future(coro)
-            self._tasks.add(task)
-            task.add_done_callback(self._task_done)
+            self._tasks.spawn(coro)
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("session %s link task failed", self.id, exc_info=task.exception())
-            if not self.ending:
-                self._on_closed(self, "internal_error")
+    def _task_failed(self, error: BaseException) -> None:
+        log.error("session %s link task failed", self.id)
+        if not self.ending:
+            self._on_closed(self, "internal_error")
 
     async def stop(self) -> None:
         """Cancel the link's tasks and try once more to send what replies/events are waiting."""
-        current = asyncio.current_task()
-        tasks = [t for t in self._tasks if t is not current]
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await self._tasks.aclose()
         self._flush_control()
 
     # -- control messages (replies and events) -------------------------------------------------
