@@ -48,15 +48,12 @@ def speech(seconds: float, rate: int = RATE) -> np.ndarray:
 
 def build_engine(args: argparse.Namespace) -> Any:
     if args.engine == "warp":
-        from liveface.engines.warp import WarpConfig, WarpEngine
+        from liveface.engines.factory import create_engine
+        from liveface.runtime.config import ServerConfig
 
-        return WarpEngine(
-            WarpConfig(
-                width=args.size,
-                height=args.size,
-                fps=args.fps,
-                chunk_frames=args.chunk_frames,
-                first_chunk_frames=args.chunk_frames,
+        return create_engine(
+            ServerConfig(
+                width=args.size, height=args.size, fps=args.fps, chunk_frames=args.chunk_frames
             )
         )
     from tests.doubles import PatternEngine

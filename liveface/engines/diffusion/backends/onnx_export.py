@@ -60,7 +60,7 @@ def stack_text_kv(context: TextContext) -> torch.Tensor:
 
 
 def unstack_text_kv(text_kv: torch.Tensor) -> TextContext:
-    """Undo :func:`stack_text_kv`; ``states`` is only a placeholder of the right batch (the DiT
+    """Undo :func:`stack_text_kv`; ``states`` only supplies the right batch (the DiT
     reads the keys/values when they are given)."""
     return TextContext(states=text_kv[0, 0].transpose(1, 2).flatten(2), kv=unstack_kv(text_kv))
 
