@@ -18,13 +18,15 @@ from liveface.errors import AvatarError, BadInputError, CapacityError, NoFaceErr
 from liveface.pipeline.image import decode_image
 from liveface.pipeline.stream import StreamConfig
 from liveface.runtime.runtime import Runtime
-from liveface.runtime.session import Session, SessionOptions
+from liveface.runtime.session import Session, SessionEvent, SessionOptions
+from liveface.runtime.tasks import TaskSet
 from liveface.signaling.webrtc import PeerSession
 
 log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).parent / "web"
 
 RUNTIME = web.AppKey("runtime", Runtime)
+TASKS = web.AppKey("tasks", TaskSet)
 PEERS: web.AppKey[set[PeerSession]] = web.AppKey("peers", set)
 
 
@@ -88,7 +90,10 @@ async def _read_offer(request: web.Request) -> tuple[str, str, SessionOptions]:
         options.portrait = decode_image(raw)
     engine_options = fields.get("options") or {}
     if isinstance(engine_options, str):
-        engine_options = json.loads(engine_options)
+        try:
+            engine_options = json.loads(engine_options)
+        except json.JSONDecodeError as e:
+            raise BadInputError(f'"options" is not valid JSON: {e}') from e
     if not isinstance(engine_options, dict):
         raise BadInputError('"options" must be an object')
     options.engine_options = engine_options
@@ -103,8 +108,17 @@ async def offer(request: web.Request) -> web.Response:
     if options.portrait is None:
         options.portrait = runtime.default_portrait
     registry.reserve()
-    session = Session(runtime.worker, StreamConfig(delay_ms=config.delay_ms, live=True))
     peer: PeerSession | None = None
+
+    def on_event(event: SessionEvent) -> None:
+        # A session that ends on its own (its engine failed) takes its peer connection along.
+        if event.kind == "closed" and peer is not None:
+            runtime_tasks.spawn(peer.aclose(event.data.get("reason", "session ended")))
+
+    runtime_tasks = request.app[TASKS]
+    session = Session(
+        runtime.worker, StreamConfig(delay_ms=config.delay_ms, live=True), on_event=on_event
+    )
     try:
         await session.start(options)
         registry.add(session)
@@ -170,6 +184,7 @@ def build_app(runtime: Runtime, own_runtime: bool = False) -> web.Application:
     )
     app[RUNTIME] = runtime
     app[PEERS] = set()
+    app[TASKS] = TaskSet()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         if own_runtime:
@@ -178,6 +193,7 @@ def build_app(runtime: Runtime, own_runtime: bool = False) -> web.Application:
         peers: set[PeerSession] = app[PEERS]
         for peer in peers.copy():
             await peer.aclose("server stopping")
+        await app[TASKS].aclose()
         if own_runtime:
             await runtime.aclose()
 

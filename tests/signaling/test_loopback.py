@@ -25,7 +25,7 @@ def tone_then_silence(speech_s=1.5, silence_s=1.5):
 
 @pytest.fixture
 async def server():
-    engine = PatternEngine(size=128, chunk_frames=1, first_chunk_frames=1)
+    engine = PatternEngine(size=128, chunk_frames=1, first_chunk_frames=1, fail_on="boom")
     config = ServerConfig(max_sessions=2, delay_ms=80)
     runtime = Runtime(config, engine)
     app = build_app(runtime, own_runtime=True)
@@ -172,3 +172,24 @@ async def test_sessions_leave_no_tasks_or_threads_behind(server):
     assert len(asyncio.all_tasks()) <= tasks_before
     # Executors may keep a few idle worker threads; sessions themselves own none.
     assert threading.active_count() <= threads_before + 4
+
+
+async def test_a_failing_session_ends_its_peer_and_spares_the_other(server):
+    url, runtime, _engine = server
+    good = Client(url, tone_then_silence(3.0, 1.0))
+    bad = Client(url, tone_then_silence(3.0, 1.0))
+    await good.connect()
+    assert (await bad.connect(prompt="boom"))["status"] == 200
+    t0 = time.monotonic()
+    while len(runtime.registry) > 1 and time.monotonic() - t0 < 5:
+        await asyncio.sleep(0.1)
+    assert len(runtime.registry) == 1
+    t0 = time.monotonic()
+    while bad.pc.connectionState not in ("closed", "failed") and time.monotonic() - t0 < 5:
+        await asyncio.sleep(0.1)
+    assert bad.pc.connectionState in ("closed", "failed")  # the server hung up on it
+    before = len(good.video)
+    await asyncio.sleep(0.5)
+    assert len(good.video) > before  # the other session carries on
+    await good.close()
+    await bad.close()
