@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 _ids = itertools.count(1)
 #: How often a session looks at the clock when no audio arrives (silence fill, paced release).
-TICK_S = 0.01
+TICK_S = 0.02
 
 
 @dataclass
