@@ -89,14 +89,17 @@ class Scheduler:
         return len(q.items) if q else 0
 
     def schedule(
-        self, now: float, frame_time: Callable[[Pending], float]
+        self, now: float, frame_time: Callable[[Pending], float], expected: float = 0.0
     ) -> tuple[list[Pending], list[Dropped]]:
         """Choose the next batch.
 
         Args:
             now: wall time.
             frame_time: duration (s) of a chunk's frames; a chunk is late when even its last
-                frame would be due before ``now``.
+                frame would be due before it can be ready, at ``now + expected``.
+            expected: how long the engine is expected to take for this batch. Counting it
+                keeps an overloaded engine from spending its time on chunks whose frames would
+                arrive too late to be shown, which would starve every session at once.
 
         Returns:
             ``(batch, dropped)``; the batch's sessions are marked running until :meth:`done`.
@@ -108,7 +111,7 @@ class Scheduler:
                 continue
             while q.items:
                 p = q.items[0]
-                if p.deadline + frame_time(p) + self.late_slack < now:
+                if p.deadline + frame_time(p) + self.late_slack < now + expected:
                     dropped.append(Dropped(q.items.popleft(), "late"))
                     continue
                 heads.append(p)

@@ -54,6 +54,7 @@ class EngineWorker:
         self.metrics = metrics
         spec = engine.spec
         self._frame_s = 1.0 / spec.fps
+        self._expected_s = 0.0  # moving average of one generate call, for the late check
         self._scheduler = Scheduler(spec.max_batch, max_queued)
         self._cond = threading.Condition()
         self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = deque()
@@ -187,7 +188,9 @@ class EngineWorker:
                     break
                 calls = list(self._calls)
                 self._calls.clear()
-                batch, dropped = self._scheduler.schedule(time.monotonic(), self._frame_time)
+                batch, dropped = self._scheduler.schedule(
+                    time.monotonic(), self._frame_time, self._expected_s
+                )
                 items = [(p, self._sessions[p.session]) for p in batch]
             for fn, fut in calls:
                 self._run_call(fn, fut)
@@ -237,6 +240,7 @@ class EngineWorker:
         dt = time.perf_counter() - t0
         self._apply(self.policy.observe_batch(time.monotonic(), dt))
         self._engine_time.observe(dt)
+        self._expected_s += 0.2 * (dt - self._expected_s)
         self._batch_size.observe(len(items))
         self.metrics.inc("liveface_chunks_rendered_total", len(items))
         for (_, (_, sink)), result in zip(items, results, strict=True):

@@ -66,3 +66,14 @@ def test_new_epoch_drops_stale_chunks():
     (d,) = s.submit(pending("a", 2, 5.0, epoch=0))
     assert d.reason == "stale"
     assert s.submit(pending("a", 3, 5.0, epoch=1)) == []
+
+
+def test_chunks_that_cannot_be_ready_in_time_are_skipped():
+    s = Scheduler(max_batch=4, max_queued=4)
+    s.add_session("a")
+    s.submit(pending("a", 0, 1.00))
+    s.submit(pending("a", 1, 1.04))
+    # At 1.0 with a 60 ms engine, chunk 0 (frames until 1.04) cannot make it; chunk 1 can.
+    batch, dropped = s.schedule(1.0, frame_time, expected=0.06)
+    assert [d.pending.chunk.index for d in dropped] == [0]
+    assert [p.chunk.index for p in batch] == [1]
