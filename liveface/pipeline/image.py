@@ -14,28 +14,60 @@ from liveface.errors import BadInputError
 MAX_PIXELS = 40_000_000
 
 
-def to_rgb(image: np.ndarray) -> np.ndarray:
-    """Any of gray ``(h, w)``, gray ``(h, w, 1)``, RGB, or RGBA (composited on white) -> RGB uint8.
+#: Grey that transparent pixels of an RGBA portrait are composited onto (neutral for detectors).
+ALPHA_BACKGROUND = 180.0
 
-    Float images are taken to be in [0, 1]; 16-bit images are scaled down.
+
+def to_rgb(image: object) -> np.ndarray:
+    """Normalise a portrait to contiguous uint8 RGB ``(h, w, 3)``.
+
+    Accepts grayscale ``(h, w)`` or ``(h, w, 1)``, RGB and RGBA (composited onto grey); bool,
+    integer and float pixels (floats in [0, 1] are scaled by 255; 16-bit images are scaled down).
+
+    Raises:
+        BadInputError: not an image, an unsupported shape, or non-finite pixels.
     """
-    img = np.asarray(image)
+    try:
+        img = np.asarray(image)
+    except Exception as e:  # ragged nested lists and other non-arrays
+        raise BadInputError("portrait must be an image array (height, width, 3)") from e
+    if img.dtype == object or img.dtype.kind not in "biuf":
+        raise BadInputError(f"portrait pixels must be numbers, got dtype {img.dtype}")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (3, 4)):
+        raise BadInputError(
+            f"portrait must be an image of shape (height, width), (height, width, 3) or "
+            f"(height, width, 4); "
+            f"got shape {img.shape}"
+        )
+    img = _to_uint8(img)
     if img.ndim == 2:
-        img = img[:, :, None]
-    if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
-        raise BadInputError(f"portrait must be a gray, RGB or RGBA image (got shape {img.shape})")
-    if img.dtype == np.uint16:
-        img = (img // 257).astype(np.uint8)
-    elif img.dtype.kind == "f":
-        img = (np.clip(np.nan_to_num(img), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        img = np.clip(img, 0, 255).astype(np.uint8)
-    if img.shape[2] == 1:
-        img = np.repeat(img, 3, axis=2)
+        img = np.repeat(img[:, :, None], 3, axis=2)
     elif img.shape[2] == 4:
         alpha = img[:, :, 3:4].astype(np.float32) / 255.0
-        img = (img[:, :, :3] * alpha + 255.0 * (1.0 - alpha) + 0.5).astype(np.uint8)
+        rgb = img[:, :, :3].astype(np.float32)
+        img = np.rint(rgb * alpha + ALPHA_BACKGROUND * (1.0 - alpha)).astype(np.uint8)
     return np.ascontiguousarray(img)
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    """Any numeric pixel type to uint8, keeping the array's shape."""
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.bool_:
+        return img.astype(np.uint8) * 255
+    if img.dtype.kind == "f":
+        f = img.astype(np.float32)
+        if not np.isfinite(f).all():
+            raise BadInputError("portrait has non-finite (NaN or infinite) pixels")
+        if f.max(initial=0.0) <= 1.0:
+            f = f * 255.0
+        return np.clip(np.rint(f), 0, 255).astype(np.uint8)
+    top = int(img.max(initial=0))
+    if img.dtype.kind == "u" and img.dtype.itemsize == 2 and top > 255:
+        return (img.astype(np.uint32) // 257).astype(np.uint8)  # 16-bit image
+    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def decode_image(data: bytes) -> np.ndarray:

@@ -46,17 +46,7 @@ def fit_portrait(image: Any, width: int, height: int) -> np.ndarray:
     """
     import cv2
 
-    try:
-        arr = np.asarray(image)
-    except Exception as e:  # ragged lists and other non-arrays
-        raise BadInputError("portrait must be an image array (height, width, 3)") from e
-    if arr.dtype == object or arr.dtype.kind not in "biuf":
-        raise BadInputError(f"portrait pixels must be numbers, got dtype {arr.dtype}")
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise BadInputError("portrait has non-finite pixels")
-    if arr.dtype == np.bool_:
-        arr = arr.astype(np.uint8) * 255
-    rgb = to_rgb(arr)
+    rgb = to_rgb(image)
     h, w = rgb.shape[:2]
     if min(h, w) < MIN_SIDE:
         raise BadInputError(f"portrait of {w}x{h} pixels is too small (at least {MIN_SIDE})")

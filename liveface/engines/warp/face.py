@@ -18,9 +18,9 @@ import numpy as np
 
 from liveface.engines.warp import landmarks as L
 from liveface.errors import BadInputError, NoFaceError
+from liveface.pipeline.image import to_rgb
 
 #: Background that transparent portrait pixels are composited onto (a neutral studio grey).
-ALPHA_BACKGROUND = 180.0
 #: A second detection smaller than this fraction of the largest one is background, not a face
 #: competing for the avatar (posters, people far behind).
 SECOND_FACE_RATIO = 0.4
@@ -61,56 +61,15 @@ def default_portrait() -> np.ndarray:
 
 
 def to_rgb_uint8(portrait: Any) -> np.ndarray:
-    """Normalise a portrait to contiguous uint8 RGB ``(h, w, 3)``.
-
-    Accepts grayscale ``(h, w)`` or ``(h, w, 1)``, RGB ``(h, w, 3)`` and RGBA ``(h, w, 4)``
-    (composited onto grey); bool, integer and float pixels (floats in [0, 1] are scaled by 255).
+    """:func:`liveface.pipeline.image.to_rgb`, refusing images under 16 pixels a side.
 
     Raises:
-        BadInputError: not an image, an unsupported shape, or non-finite pixels.
+        BadInputError: not an image, an unsupported shape, non-finite pixels, or too small.
     """
-    try:
-        img = np.asarray(portrait)
-    except Exception as e:  # ragged nested lists and other non-arrays
-        raise BadInputError("portrait must be an image array (height, width, 3)") from e
-    if img.dtype == object or img.dtype.kind not in "biuf":
-        raise BadInputError(f"portrait pixels must be numbers, got dtype {img.dtype}")
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[:, :, 0]
-    if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (3, 4)):
-        raise BadInputError(
-            f"portrait must be (height, width), (height, width, 3) or (height, width, 4); "
-            f"got shape {img.shape}"
-        )
+    img = to_rgb(portrait)
     if min(img.shape[:2]) < 16:
         raise BadInputError(f"portrait of {img.shape[1]}x{img.shape[0]} pixels is too small")
-    img = _to_unit_range(img)
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    elif img.shape[2] == 4:
-        alpha = img[:, :, 3:4].astype(np.float32) / 255.0
-        rgb = img[:, :, :3].astype(np.float32)
-        img = np.rint(rgb * alpha + ALPHA_BACKGROUND * (1.0 - alpha)).astype(np.uint8)
-    return np.ascontiguousarray(img)
-
-
-def _to_unit_range(img: np.ndarray) -> np.ndarray:
-    """Any numeric pixel type to uint8, keeping the array's shape."""
-    if img.dtype == np.uint8:
-        return img
-    if img.dtype == np.bool_:
-        return img.astype(np.uint8) * 255
-    if img.dtype.kind == "f":
-        f = img.astype(np.float32)
-        if not np.isfinite(f).all():
-            raise BadInputError("portrait has NaN or infinite pixels; send an ordinary image")
-        if f.max(initial=0.0) <= 1.0:
-            f = f * 255.0
-        return np.clip(np.rint(f), 0, 255).astype(np.uint8)
-    top = int(img.max(initial=0))
-    if img.dtype.kind == "u" and img.dtype.itemsize == 2 and top > 255:
-        return (img.astype(np.uint32) // 257).astype(np.uint8)  # 16-bit image
-    return np.clip(img, 0, 255).astype(np.uint8)
+    return img
 
 
 def detect_landmarks(rgb: np.ndarray, min_face_px: int, max_side: int) -> np.ndarray:
