@@ -5,6 +5,7 @@ State lives in ``web.AppKey`` s and is created and torn down by a cleanup contex
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -87,7 +88,9 @@ async def _read_offer(request: web.Request) -> tuple[str, str, SessionOptions]:
     portrait = fields.get("portrait")
     if portrait:
         raw = portrait.encode() if isinstance(portrait, str) else portrait
-        options.portrait = decode_image(raw)
+        # A large upload takes tens of milliseconds to decode: not on the event loop.
+        loop = asyncio.get_running_loop()
+        options.portrait = await loop.run_in_executor(None, decode_image, raw)
     engine_options = fields.get("options") or {}
     if isinstance(engine_options, str):
         try:
