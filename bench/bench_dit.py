@@ -25,11 +25,11 @@ from dataclasses import dataclass
 
 import torch
 
-from liveface.engines.diffusion.audio import AudioAdapter
-from liveface.engines.diffusion.audio_config import AudioConfig
-from liveface.engines.diffusion.config import DiTConfig
-from liveface.engines.diffusion.dit import WanDiT
-from liveface.engines.diffusion.dit_loading import build_dit, cast_dit
+from liveface.engines.diffusion.checkpoint.dit import build_dit, cast_dit
+from liveface.engines.diffusion.dit.audio_adapter import AudioAdapter
+from liveface.engines.diffusion.dit.audio_config import AudioConfig
+from liveface.engines.diffusion.dit.config import DiTConfig
+from liveface.engines.diffusion.dit.model import WanDiT
 
 #: Spatial compression of the Wan2.2 VAE.
 VAE_SPATIAL = 16

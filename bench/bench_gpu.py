@@ -10,8 +10,8 @@ TAEHV decoder are written as a checkpoint directory (``bundle.write_bundle``) an
    that syncs after each stage), DiT TFLOP/s and model FLOP utilisation;
 2. the DiT denoising step at the engine's shapes (new latents + cached conditioning prefix +
    audio) and the TAEHV decode step: eager vs ``torch.compile`` (CUDA graphs) vs TensorRT;
-3. the chunk pipeline through :mod:`liveface.engines.diffusion.streams`: decode + copy on their
-   own CUDA streams while the next chunk denoises, against the sequential path.
+3. the chunk pipeline through :mod:`liveface.engines.diffusion.backends.stages`: decode + copy
+   on their own CUDA streams while the next chunk denoises, against the sequential path.
 
 FLOPs are counted analytically (multiply-add = 2) for the DiT only (speech encoder and decoder
 excluded): per block and step, ``12 n D^2`` projections, ``4 n (n + P) D`` self-attention over
@@ -38,11 +38,11 @@ import numpy as np
 import torch
 
 from liveface.engines.base import AudioChunk, EngineSpec
-from liveface.engines.diffusion.audio_injection import AudioTokens
 from liveface.engines.diffusion.backends.compiled import CompileConfig, CompiledStep
 from liveface.engines.diffusion.backends.onnx_export import TAEHVDecodeStep
-from liveface.engines.diffusion.config import DiTConfig
-from liveface.engines.diffusion.streams import Overlap, Stage, StageStreams
+from liveface.engines.diffusion.backends.stages import Overlap, Stage, StageStreams
+from liveface.engines.diffusion.dit.audio_injection import AudioTokens
+from liveface.engines.diffusion.dit.config import DiTConfig
 from liveface.engines.diffusion.vae import frames_to_uint8
 
 PEAKS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0}  # dense bf16 TFLOP/s
@@ -100,13 +100,13 @@ def timed(fn: Callable[[], Any], device: torch.device, runs: int, warmup: int = 
 def write_random_checkpoint(root: Path, preset: str, device: torch.device, steps: int) -> Path:
     import transformers
 
-    from liveface.engines.diffusion.audio import AudioAdapter
-    from liveface.engines.diffusion.audio_config import AudioConfig
-    from liveface.engines.diffusion.bundle import Manifest, write_bundle
-    from liveface.engines.diffusion.dit import WanDiT
-    from liveface.engines.diffusion.dit_loading import cast_dit
-    from liveface.engines.diffusion.sampler import SamplerConfig
-    from liveface.engines.diffusion.stream_config import StreamConfig
+    from liveface.engines.diffusion.checkpoint.bundle import Manifest, write_bundle
+    from liveface.engines.diffusion.checkpoint.dit import cast_dit
+    from liveface.engines.diffusion.dit.audio_adapter import AudioAdapter
+    from liveface.engines.diffusion.dit.audio_config import AudioConfig
+    from liveface.engines.diffusion.dit.model import WanDiT
+    from liveface.engines.diffusion.sampling.flow import SamplerConfig
+    from liveface.engines.diffusion.streaming.config import StreamConfig
     from liveface.engines.diffusion.vae import build_vae
 
     dit_name, vae_name, light_name = PRESETS[preset]

@@ -29,20 +29,20 @@ import numpy as np
 import torch
 
 from liveface.engines.base import AudioChunk, EngineSpec
-from liveface.engines.diffusion.audio import AudioAdapter
-from liveface.engines.diffusion.audio_config import AudioConfig
-from liveface.engines.diffusion.audio_encoder import SpeechEncoder
-from liveface.engines.diffusion.bundle import Manifest, write_bundle
-from liveface.engines.diffusion.bundle_loading import Bundle
-from liveface.engines.diffusion.codebook import CodebookConfig
-from liveface.engines.diffusion.config import DiTConfig
-from liveface.engines.diffusion.dit import WanDiT
-from liveface.engines.diffusion.dit_loading import build_dit, cast_dit
+from liveface.engines.diffusion.audio.encoder import SpeechEncoder
+from liveface.engines.diffusion.checkpoint.bundle import Manifest, write_bundle
+from liveface.engines.diffusion.checkpoint.dit import build_dit, cast_dit
+from liveface.engines.diffusion.checkpoint.loading import Bundle
+from liveface.engines.diffusion.dit.audio_adapter import AudioAdapter
+from liveface.engines.diffusion.dit.audio_config import AudioConfig
+from liveface.engines.diffusion.dit.config import DiTConfig
+from liveface.engines.diffusion.dit.model import WanDiT
 from liveface.engines.diffusion.engine import DiffusionEngine, create_diffusion_engine
 from liveface.engines.diffusion.portrait import default_portrait
-from liveface.engines.diffusion.prompts import PromptBank
-from liveface.engines.diffusion.stream_config import StreamConfig
-from liveface.engines.diffusion.text import PrecomputedTextEmbeddings
+from liveface.engines.diffusion.streaming.codebook import CodebookConfig
+from liveface.engines.diffusion.streaming.config import StreamConfig
+from liveface.engines.diffusion.text.encoders import PrecomputedTextEmbeddings
+from liveface.engines.diffusion.text.prompts import PromptBank
 from liveface.engines.diffusion.vae import build_vae
 from liveface.runtime.config import ServerConfig
 

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 import torch
 
+from liveface.engines.diffusion.backends.precision import resolve_dtype
 from liveface.engines.diffusion.vae import build_vae
 
 DEFAULT_SIZES = {"cpu": "128x128,256x256", "cuda": "512x512,704x1280"}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -50,7 +51,7 @@ def parse_size(text: str) -> tuple[int, int]:
 def bench_one(
     name: str, height: int, width: int, args: argparse.Namespace, device: torch.device
 ) -> Result | str:
-    dtype = DTYPES[args.dtype]
+    dtype = resolve_dtype(args.dtype)
     model = build_vae(name, device=device, dtype=dtype)
     r = model.spatial_ratio
     if height % r or width % r:

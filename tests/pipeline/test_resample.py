@@ -6,8 +6,9 @@ from liveface.errors import AudioFormatError
 from liveface.pipeline.resample import StreamingResampler
 
 
-@pytest.mark.parametrize(("src", "dst"), [(48000, 16000), (16000, 48000), (44100, 16000),
-                                          (22050, 16000), (16000, 16000)])
+@pytest.mark.parametrize(
+    ("src", "dst"), [(48000, 16000), (16000, 48000), (44100, 16000), (22050, 16000), (16000, 16000)]
+)
 def test_any_block_split_gives_the_whole_signal_result(src, dst):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(src // 2).astype(np.float32) * 0.1

@@ -1,8 +1,8 @@
 """The diffusion engine: DiT + audio adapter + VAE behind the engine contract, streaming.
 
-``create_diffusion_engine(config)`` loads a checkpoint directory (layout: :mod:`.bundle`) and
-sizes the engine from the server config. Per chunk see :mod:`.generation`; per session see
-:mod:`.streaming`.
+``create_diffusion_engine(config)`` loads a checkpoint directory (layout:
+:mod:`.checkpoint.bundle`) and sizes the engine from the server config. Per chunk see
+:mod:`.streaming.generation`; per session see :mod:`.streaming.state`.
 
 Timing (:attr:`DiffusionEngine.spec`): one latent frame is ``r = 4`` video frames; a chunk is
 ``chunk_latents`` latent frames (``4 k`` frames), a session's first chunk ``1 + 4 (k1 - 1)`` frames
@@ -26,23 +26,24 @@ import numpy as np
 import torch
 
 from liveface.engines.base import AudioChunk, Engine, EngineSpec, EngineState, VideoChunk
-from liveface.engines.diffusion.audio_stream import AudioConditioner, AudioPlan
+from liveface.engines.diffusion.audio.conditioner import AudioConditioner, AudioPlan
+from liveface.engines.diffusion.backends.batching import group_by
 from liveface.engines.diffusion.backends.compiled import CompileConfig, CompiledStep
-from liveface.engines.diffusion.bundle_loading import Bundle, load_bundle
-from liveface.engines.diffusion.codebook import (
+from liveface.engines.diffusion.checkpoint.loading import Bundle, load_bundle
+from liveface.engines.diffusion.dit.model import TextContext
+from liveface.engines.diffusion.portrait import augmented_views, default_portrait, fit_portrait
+from liveface.engines.diffusion.sampling.flow import cheaper_schedules, describe_schedule
+from liveface.engines.diffusion.sampling.seeded import StreamSampler
+from liveface.engines.diffusion.streaming.codebook import (
     CORRECTION_MODES,
     Codebook,
     build_codebook,
     latent_features,
 )
-from liveface.engines.diffusion.dit import TextContext
-from liveface.engines.diffusion.generation import ChunkGenerator, ChunkOutput, Profile
-from liveface.engines.diffusion.motion import MotionCache, MotionLayout
-from liveface.engines.diffusion.portrait import augmented_views, default_portrait, fit_portrait
-from liveface.engines.diffusion.sampler import cheaper_schedules, describe_schedule
-from liveface.engines.diffusion.stream_config import StreamConfig
-from liveface.engines.diffusion.stream_sampler import StreamSampler
-from liveface.engines.diffusion.streaming import (
+from liveface.engines.diffusion.streaming.config import GenerationConfig
+from liveface.engines.diffusion.streaming.generation import ChunkGenerator, ChunkOutput, Profile
+from liveface.engines.diffusion.streaming.motion import MotionCache, MotionLayout
+from liveface.engines.diffusion.streaming.state import (
     ChunkPlan,
     DiffusionState,
     SessionTensors,
@@ -80,7 +81,7 @@ class DiffusionEngine(Engine):
         height: int,
         fps: int,
         lookahead: int = 0,
-        stream: StreamConfig | None = None,
+        stream: GenerationConfig | None = None,
         profile: bool = False,
     ) -> None:
         self.bundle = bundle
@@ -259,7 +260,8 @@ class DiffusionEngine(Engine):
     # -- chunks ---------------------------------------------------------------------------------
     def generate(self, batch: Sequence[tuple[EngineState, AudioChunk]]) -> list[VideoChunk]:
         """Generate a batch; chunks with equal latent length share every DiT forward, and on
-        CUDA one group's denoising overlaps the previous group's decoding (:mod:`.generation`).
+        CUDA one group's denoising overlaps the previous group's decoding
+        (:mod:`.streaming.generation`).
 
         Two chunks of one session in a batch run one after the other (the second conditions on
         the first)."""
@@ -286,11 +288,8 @@ class DiffusionEngine(Engine):
             s.begin_chunk(chunk.epoch)
             plan = plan_chunk(chunk.num_frames, s.held.decoder.first, self.frames_per_latent)
             plans.append((s, chunk, plan))
-        groups: dict[int, list[int]] = {}
-        for i, (_, _, plan) in enumerate(plans):
-            groups.setdefault(plan.latents, []).append(i)
+        members = group_by([plan.latents for _, _, plan in plans])
         profile = Profile(self.profile, self.bundle.device)
-        members = list(groups.values())
         done = self.generator.generate([[plans[i] for i in m] for m in members], profile)
         outputs: dict[int, ChunkOutput] = {}
         for m, outs in zip(members, done, strict=True):

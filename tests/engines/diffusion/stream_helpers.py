@@ -17,15 +17,15 @@ import numpy as np
 import torch
 
 from liveface.engines.base import AudioChunk, EngineSpec
-from liveface.engines.diffusion.audio import AudioAdapter
-from liveface.engines.diffusion.audio_config import AudioConfig
-from liveface.engines.diffusion.bundle import Manifest, write_bundle
-from liveface.engines.diffusion.bundle_loading import Bundle, load_bundle
-from liveface.engines.diffusion.codebook import CodebookConfig
-from liveface.engines.diffusion.config import DiTConfig
-from liveface.engines.diffusion.dit import WanDiT
+from liveface.engines.diffusion.checkpoint.bundle import Manifest, write_bundle
+from liveface.engines.diffusion.checkpoint.loading import Bundle, load_bundle
+from liveface.engines.diffusion.dit.audio_adapter import AudioAdapter
+from liveface.engines.diffusion.dit.audio_config import AudioConfig
+from liveface.engines.diffusion.dit.config import DiTConfig
+from liveface.engines.diffusion.dit.model import WanDiT
 from liveface.engines.diffusion.engine import DiffusionEngine
-from liveface.engines.diffusion.stream_config import StreamConfig
+from liveface.engines.diffusion.streaming.codebook import CodebookConfig
+from liveface.engines.diffusion.streaming.config import GenerationConfig
 from liveface.engines.diffusion.vae import build_vae
 
 SIZE = 128  # output pixels: an 8x8 latent grid with the tiny Wan2.2 VAE (x16)
@@ -33,8 +33,8 @@ LATENT_CHANNELS = 6
 SPEECH_HIDDEN, SPEECH_LAYERS = 32, 2
 
 
-def tiny_stream(**changes) -> StreamConfig:
-    base = StreamConfig(
+def tiny_stream(**changes) -> GenerationConfig:
+    base = GenerationConfig(
         chunk_latents=2,
         first_chunk_latents=1,
         codebook=CodebookConfig(size=16, views=4, iterations=4),
@@ -56,7 +56,7 @@ def write_tiny_checkpoint(
     *,
     seed: int = 0,
     light_decoder: bool = True,
-    stream: StreamConfig | None = None,
+    stream: GenerationConfig | None = None,
     portrait: np.ndarray | None = None,
 ) -> Path:
     """Build tiny random models and write them in the checkpoint layout."""

@@ -5,20 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from liveface.engines.diffusion.audio import (
+from liveface.engines.diffusion.dit.audio_adapter import (
     AudioAdapter,
     build_audio_adapter,
     init_from_text_attention,
 )
-from liveface.engines.diffusion.audio_config import AudioConfig
-from liveface.engines.diffusion.audio_injection import AudioTokens, InjectionPoint
-from liveface.engines.diffusion.audio_projector import (
+from liveface.engines.diffusion.dit.audio_config import AudioConfig
+from liveface.engines.diffusion.dit.audio_injection import AudioTokens, InjectionPoint
+from liveface.engines.diffusion.dit.audio_projector import (
     AudioProjector,
     features_needed,
     video_frame_weights,
 )
-from liveface.engines.diffusion.config import DiTConfig
-from liveface.engines.diffusion.dit import WanDiT
+from liveface.engines.diffusion.dit.config import DiTConfig
+from liveface.engines.diffusion.dit.model import WanDiT
 from liveface.errors import ConfigError
 
 TINY = DiTConfig.preset("tiny")

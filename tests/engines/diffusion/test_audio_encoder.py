@@ -5,17 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from liveface.engines.diffusion.audio import AudioAdapter
-from liveface.engines.diffusion.audio_config import AudioConfig
-from liveface.engines.diffusion.audio_encoder import SpeechEncoder
-from liveface.engines.diffusion.config import DiTConfig
+from liveface.engines.diffusion.audio.encoder import SpeechEncoder
+from liveface.engines.diffusion.dit.audio_adapter import AudioAdapter
+from liveface.engines.diffusion.dit.audio_config import AudioConfig
+from liveface.engines.diffusion.dit.config import DiTConfig
 from liveface.errors import CheckpointError
 
 transformers = pytest.importorskip("transformers")
 
 SR = 16000
 HIDDEN, LAYERS = 32, 2
-
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ from liveface.engines.diffusion.backends.precision import (
     resolve_dtype,
     select_precision,
 )
-from liveface.engines.diffusion.config import DiTConfig
-from liveface.engines.diffusion.dit import WanDiT
+from liveface.engines.diffusion.dit.config import DiTConfig
+from liveface.engines.diffusion.dit.model import WanDiT
 from liveface.errors import ConfigError
 
 

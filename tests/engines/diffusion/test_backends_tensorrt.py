@@ -8,8 +8,6 @@ import sys
 import pytest
 import torch
 
-from liveface.engines.diffusion.audio import AudioAdapter
-from liveface.engines.diffusion.audio_config import AudioConfig
 from liveface.engines.diffusion.backends import tensorrt as trt_backend
 from liveface.engines.diffusion.backends.onnx_export import dit_step_inputs, taehv_step_inputs
 from liveface.engines.diffusion.backends.tensorrt import (
@@ -21,8 +19,10 @@ from liveface.engines.diffusion.backends.tensorrt import (
     engine_cache_key,
     taehv_profile,
 )
-from liveface.engines.diffusion.config import DiTConfig
-from liveface.engines.diffusion.dit import WanDiT
+from liveface.engines.diffusion.dit.audio_adapter import AudioAdapter
+from liveface.engines.diffusion.dit.audio_config import AudioConfig
+from liveface.engines.diffusion.dit.config import DiTConfig
+from liveface.engines.diffusion.dit.model import WanDiT
 from liveface.engines.diffusion.vae import TAEHV, build_vae, preset
 from liveface.errors import ConfigError
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from liveface.engines.diffusion.codebook import (
+from liveface.engines.diffusion.portrait import augmented_views
+from liveface.engines.diffusion.streaming.codebook import (
     Codebook,
     CodebookConfig,
     build_codebook,
@@ -15,7 +16,6 @@ from liveface.engines.diffusion.codebook import (
     save_codebook,
     spread_tau,
 )
-from liveface.engines.diffusion.portrait import augmented_views
 from liveface.errors import CheckpointError, ConfigError
 from tests.engines.diffusion.stream_helpers import sample_portrait, tiny_bundle
 

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from liveface.engines.diffusion.config import DIT_PRESETS, DiTConfig
-from liveface.engines.diffusion.dit import WanDiT
-from liveface.engines.diffusion.rope import grid_positions, rope_axis_dims
+from liveface.engines.diffusion.dit.config import DIT_PRESETS, DiTConfig
+from liveface.engines.diffusion.dit.model import WanDiT
+from liveface.engines.diffusion.dit.rope import grid_positions, rope_axis_dims
 from liveface.errors import ConfigError
 
 TINY = DiTConfig.preset("tiny")

@@ -11,11 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from liveface.engines.diffusion.audio import AudioAdapter
-from liveface.engines.diffusion.audio_config import AudioConfig
-from liveface.engines.diffusion.config import DiTConfig
-from liveface.engines.diffusion.dit import WanDiT
-from liveface.engines.diffusion.dit_loading import (
+from liveface.engines.diffusion.checkpoint.dit import (
     INDEX_NAME,
     assign_dit_weights,
     build_dit,
@@ -29,6 +25,10 @@ from liveface.engines.diffusion.dit_loading import (
     save_dit,
     wan_to_diffusers_key,
 )
+from liveface.engines.diffusion.dit.audio_adapter import AudioAdapter
+from liveface.engines.diffusion.dit.audio_config import AudioConfig
+from liveface.engines.diffusion.dit.config import DiTConfig
+from liveface.engines.diffusion.dit.model import WanDiT
 from liveface.errors import CheckpointError
 
 TINY = DiTConfig.preset("tiny")

@@ -227,7 +227,7 @@ def test_official_file_names_and_the_full_vae_decoder(tmp_path):
     import json
     import shutil
 
-    from liveface.engines.diffusion.bundle_loading import load_bundle
+    from liveface.engines.diffusion.checkpoint.loading import load_bundle
 
     root = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint(), root)

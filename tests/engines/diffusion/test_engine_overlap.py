@@ -1,5 +1,6 @@
-"""The engine on the stage pipeline (:mod:`liveface.engines.diffusion.streams`): groups of a batch
-go through ``Overlap``, with the frames of the plain path; the optional compiled DiT step."""
+"""The engine on the stage pipeline (:mod:`liveface.engines.diffusion.backends.stages`): groups of
+a batch go through ``Overlap``, with the frames of the plain path; the optional compiled DiT
+step."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import numpy as np
 import pytest
 
 from liveface.engines.diffusion.backends.compiled import CompileConfig, CompiledStep
+from liveface.engines.diffusion.backends.stages import Overlap, Stage, StageStreams
 from liveface.engines.diffusion.engine import DiffusionEngine
-from liveface.engines.diffusion.stream_config import StreamConfig
-from liveface.engines.diffusion.streams import Overlap, Stage, StageStreams
+from liveface.engines.diffusion.streaming.config import GenerationConfig
 from liveface.errors import ConfigError
 from tests.engines.diffusion.stream_helpers import chunk_of, sample_portrait, speech, tiny_engine
 
@@ -95,15 +96,15 @@ def test_sessions_without_a_codebook_share_a_group_with_ones_that_have_one(engin
 
 
 def test_compile_option_defaults_off_on_the_cpu_and_is_checked():
-    stream = StreamConfig()
+    stream = GenerationConfig()
     assert stream.compile == "auto"
     assert stream.compile_mode("cpu") == "off"
     assert stream.compile_mode("cuda:0") == "reduce-overhead"
     assert stream.replace(compile="max-autotune").compile_mode("cpu") == "max-autotune"
-    assert StreamConfig.from_dict({"compile": "off"}).compile == "off"
-    assert StreamConfig.from_dict(stream.to_dict()) == stream
+    assert GenerationConfig.from_dict({"compile": "off"}).compile == "off"
+    assert GenerationConfig.from_dict(stream.to_dict()) == stream
     with pytest.raises(ConfigError, match="compile must be one of"):
-        StreamConfig(compile="fast")
+        GenerationConfig(compile="fast")
     engine = tiny_engine()
     assert engine.generator.step is None
     assert engine.describe(engine.open(sample_portrait(), None, {}))["denoiser"] == "eager"

@@ -11,15 +11,15 @@ import torch
 
 from liveface.engines.diffusion.backends.compiled import CompileConfig, CompiledStep
 from liveface.engines.diffusion.backends.precision import fp8_matmul, fp8_support, quantize_fp8
-from liveface.engines.diffusion.config import DiTConfig
-from liveface.engines.diffusion.dit import WanDiT
-from liveface.engines.diffusion.streams import (
+from liveface.engines.diffusion.backends.stages import (
     Overlap,
     PinnedPool,
     Stage,
     StageStreams,
     copy_to_host,
 )
+from liveface.engines.diffusion.dit.config import DiTConfig
+from liveface.engines.diffusion.dit.model import WanDiT
 from liveface.engines.diffusion.vae import TAEHV, build_vae, frames_to_uint8
 
 pytestmark = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from liveface.engines.diffusion.motion import (
+from liveface.engines.diffusion.streaming.motion import (
     HistoryLevel,
     MotionCache,
     MotionConfig,

@@ -8,9 +8,6 @@ import importlib.util
 import pytest
 import torch
 
-from liveface.engines.diffusion.audio import AudioAdapter
-from liveface.engines.diffusion.audio_config import AudioConfig
-from liveface.engines.diffusion.audio_injection import AudioTokens
 from liveface.engines.diffusion.backends.onnx_export import (
     DiTStep,
     TAEHVDecodeStep,
@@ -25,9 +22,12 @@ from liveface.engines.diffusion.backends.onnx_export import (
     taehv_step_inputs,
     unstack_text_kv,
 )
-from liveface.engines.diffusion.config import DiTConfig
-from liveface.engines.diffusion.dit import WanDiT
-from liveface.engines.diffusion.rope import grid_positions
+from liveface.engines.diffusion.dit.audio_adapter import AudioAdapter
+from liveface.engines.diffusion.dit.audio_config import AudioConfig
+from liveface.engines.diffusion.dit.audio_injection import AudioTokens
+from liveface.engines.diffusion.dit.config import DiTConfig
+from liveface.engines.diffusion.dit.model import WanDiT
+from liveface.engines.diffusion.dit.rope import grid_positions
 from liveface.engines.diffusion.vae import TAEHV, build_vae
 from liveface.errors import ConfigError
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import liveface.engines.diffusion.sampler as sampler_module
-from liveface.engines.diffusion.sampler import (
+import liveface.engines.diffusion.sampling.flow as sampler_module
+from liveface.engines.diffusion.sampling.flow import (
     FlowMatchSampler,
     SamplerConfig,
     guided,
@@ -181,7 +181,7 @@ def test_sampler_imports_no_model():
 
 
 def test_cheaper_schedules_drop_guidance_then_halve_steps():
-    from liveface.engines.diffusion.sampler import cheaper_schedules, describe_schedule
+    from liveface.engines.diffusion.sampling.flow import cheaper_schedules, describe_schedule
 
     cfg = SamplerConfig(kind="distilled", timesteps=(1000, 750, 500, 250), guidance_scale=2.0)
     names = [describe_schedule(c) for c in cheaper_schedules(cfg)]

@@ -17,7 +17,6 @@ LOOKAHEAD = 1280  # 80 ms at 16 kHz
 CHUNKS = 3
 
 
-
 @pytest.fixture(scope="module")
 def engine():
     return tiny_engine(lookahead=LOOKAHEAD)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from liveface.engines.diffusion.config import DiTConfig
-from liveface.engines.diffusion.dit import WanDiT
-from liveface.engines.diffusion.kv_cache import PrefixCache
-from liveface.engines.diffusion.rope import grid_positions
-from liveface.engines.diffusion.sampler import FlowMatchSampler, SamplerConfig, initial_noise
-from liveface.engines.diffusion.stream_sampler import StreamSampler
+from liveface.engines.diffusion.dit.config import DiTConfig
+from liveface.engines.diffusion.dit.kv_cache import PrefixCache
+from liveface.engines.diffusion.dit.model import WanDiT
+from liveface.engines.diffusion.dit.rope import grid_positions
+from liveface.engines.diffusion.sampling.flow import FlowMatchSampler, SamplerConfig, initial_noise
+from liveface.engines.diffusion.sampling.seeded import StreamSampler
 
 TINY = DiTConfig.preset("tiny")
 SHAPE = (TINY.in_dim, 2, 4, 4)  # one sample: channels, frames, height, width

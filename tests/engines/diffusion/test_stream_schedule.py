@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from liveface.engines.base import AudioChunk, EngineSpec
-from liveface.engines.diffusion.audio_config import AudioConfig
-from liveface.engines.diffusion.audio_projector import AudioProjector
-from liveface.engines.diffusion.audio_stream import AudioPlan
-from liveface.engines.diffusion.bundle import MANIFEST, Manifest, read_manifest
-from liveface.engines.diffusion.config import DiTConfig
-from liveface.engines.diffusion.stream_config import StreamConfig
-from liveface.engines.diffusion.streaming import ChunkPlan, noise_seed, plan_chunk
+from liveface.engines.diffusion.audio.conditioner import AudioPlan
+from liveface.engines.diffusion.checkpoint.bundle import MANIFEST, Manifest, read_manifest
+from liveface.engines.diffusion.dit.audio_config import AudioConfig
+from liveface.engines.diffusion.dit.audio_projector import AudioProjector
+from liveface.engines.diffusion.dit.config import DiTConfig
+from liveface.engines.diffusion.streaming.config import GenerationConfig
+from liveface.engines.diffusion.streaming.state import ChunkPlan, noise_seed, plan_chunk
 from liveface.errors import BadInputError, ConfigError
 
 
@@ -70,18 +70,18 @@ def test_audio_span_lies_inside_every_window_and_is_frame_aligned(fps):
 
 
 def test_stream_config_round_trips_and_validates():
-    cfg = StreamConfig()
-    assert StreamConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    cfg = GenerationConfig()
+    assert GenerationConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ConfigError, match="decoder"):
-        StreamConfig(decoder="fast")
+        GenerationConfig(decoder="fast")
     with pytest.raises(ConfigError, match="unknown stream config"):
-        StreamConfig.from_dict({"chunk": 3})
+        GenerationConfig.from_dict({"chunk": 3})
     with pytest.raises(ConfigError, match="sampler"):
-        StreamConfig.from_dict({"sampler": {"kind": "ddim"}})
+        GenerationConfig.from_dict({"sampler": {"kind": "ddim"}})
 
 
 def test_manifest_round_trips_and_names_missing_parts(tmp_path):
-    m = Manifest(stream=StreamConfig(chunk_latents=3))
+    m = Manifest(stream=GenerationConfig(chunk_latents=3))
     assert Manifest.from_dict(json.loads(json.dumps(m.to_dict()))) == m
     (tmp_path / MANIFEST).write_text(json.dumps({"format": "liveface-diffusion", "dit": "x"}))
     (tmp_path / "wav2vec2").mkdir()

@@ -7,10 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from liveface.engines.diffusion.config import DiTConfig
-from liveface.engines.diffusion.dit import WanDiT
-from liveface.engines.diffusion.sampler import FlowMatchSampler, SamplerConfig
-from liveface.engines.diffusion.streams import (
+from liveface.engines.diffusion.backends.stages import (
     Handoff,
     Overlap,
     PinnedPool,
@@ -19,6 +16,9 @@ from liveface.engines.diffusion.streams import (
     copy_to_host,
     device_frames_to_uint8,
 )
+from liveface.engines.diffusion.dit.config import DiTConfig
+from liveface.engines.diffusion.dit.model import WanDiT
+from liveface.engines.diffusion.sampling.flow import FlowMatchSampler, SamplerConfig
 from liveface.engines.diffusion.vae import TAEHV, build_vae, frames_to_uint8
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from liveface.engines.diffusion.config import DiTConfig
-from liveface.engines.diffusion.dit import WanDiT
-from liveface.engines.diffusion.text import (
+from liveface.engines.diffusion.dit.config import DiTConfig
+from liveface.engines.diffusion.dit.model import WanDiT
+from liveface.engines.diffusion.text.encoders import (
     PrecomputedTextEmbeddings,
     UMT5TextEncoder,
     save_text_embeddings,

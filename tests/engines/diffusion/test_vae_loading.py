@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from liveface.engines.diffusion.checkpoint import assign_state_dict
+from liveface.engines.diffusion.checkpoint.files import assign_state_dict
 from liveface.engines.diffusion.vae import (
     TAEHV,
     TAEHVConfig,

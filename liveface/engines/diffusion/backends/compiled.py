@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from liveface.engines.diffusion.batching import flatten
+from liveface.engines.diffusion.backends.batching import flatten
 from liveface.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ class CompiledStep:
     """A step function compiled for fixed shapes, warmed up once, eager when that fails.
 
     Args:
-        fn: the eager step, e.g. a :class:`~liveface.engines.diffusion.dit.WanDiT`.
+        fn: the eager step, e.g. a :class:`~liveface.engines.diffusion.dit.model.WanDiT`.
         config: compile settings.
         device: where the step runs (decides which toolchain is needed).
         name: for the logs.

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from liveface.engines.diffusion.attention import KeyValue
-from liveface.engines.diffusion.audio_injection import AudioTokens
-from liveface.engines.diffusion.dit import TextContext, WanDiT
-from liveface.engines.diffusion.kv_cache import PrefixCache
-from liveface.engines.diffusion.rope import RotaryTables
+from liveface.engines.diffusion.dit.attention import KeyValue
+from liveface.engines.diffusion.dit.audio_injection import AudioTokens
+from liveface.engines.diffusion.dit.kv_cache import PrefixCache
+from liveface.engines.diffusion.dit.model import TextContext, WanDiT
+from liveface.engines.diffusion.dit.rope import RotaryTables
 from liveface.engines.diffusion.vae.interface import frames_to_uint8
 from liveface.engines.diffusion.vae.state import StreamState
 from liveface.engines.diffusion.vae.taehv import TAEHV
@@ -72,7 +72,7 @@ class DiTStep(nn.Module):
     ``timesteps`` ``(batch,)`` or ``(batch, token_frames)``; ``text_kv`` from
     :func:`stack_text_kv`; with ``with_prefix`` the conditioning tokens' cached keys/values
     ``prefix_kv`` ``(layers, 2, batch, heads, prefix_tokens, head_dim)`` (a
-    :class:`~liveface.engines.diffusion.kv_cache.PrefixCache` through :func:`stack_kv`); and,
+    :class:`~liveface.engines.diffusion.dit.kv_cache.PrefixCache` through :func:`stack_kv`); and,
     when the DiT has an audio module, ``audio_tokens`` ``(batch, audio_frames, tokens_per_frame,
     dim)`` for the latent frames from ``audio_first_frame`` on. Output: the velocity, float32
     like ``latents``.

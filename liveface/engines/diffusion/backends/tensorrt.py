@@ -5,7 +5,7 @@ TensorRT has no float64) -> :func:`build_engine` parses it, sets the precision f
 optimisation profile (:func:`dit_profile` / :func:`taehv_profile` derive the shapes from the
 configs) and serialises the engine -> :class:`TrtRunner` loads it and runs it with I/O bound by
 tensor name on a CUDA stream: the current PyTorch stream by default (so it composes with
-:mod:`liveface.engines.diffusion.streams`), or a cuda-python stream (:class:`CudaStream`).
+:mod:`liveface.engines.diffusion.backends.stages`), or a cuda-python stream (:class:`CudaStream`).
 
 ``tensorrt`` and ``cuda-python`` are imported inside the functions that need them; without them
 those functions raise :class:`~liveface.errors.ConfigError` naming the extra to install.
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from liveface.engines.diffusion.backends.precision import fp8_support
-from liveface.engines.diffusion.config import DiTConfig
+from liveface.engines.diffusion.dit.config import DiTConfig
 from liveface.engines.diffusion.vae.config import TAEHVConfig
 from liveface.errors import ConfigError
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from liveface.engines.diffusion.checkpoint import assign_state_dict, load_state_dict
+from liveface.engines.diffusion.checkpoint.files import assign_state_dict, load_state_dict
 from liveface.errors import CheckpointError
 
 from .config import VAEConfig, WanVAEConfig, config_from_json, preset

@@ -1,7 +1,7 @@
 """The Wan-style diffusion transformer (DiT).
 
 Parameter names equal the official Wan2.2 ``WanModel`` checkpoint, so its weights load with strict
-key checking (see :mod:`liveface.engines.diffusion.dit_loading`). Differences from the official
+key checking (see :mod:`liveface.engines.diffusion.checkpoint.dit`). Differences from the official
 forward, none of which change the numbers for the official inputs:
 
 - timesteps may be given per sample ``(batch,)``, per token frame ``(batch, frames)`` or per token
@@ -10,12 +10,12 @@ forward, none of which change the numbers for the official inputs:
 - rotary positions are an input ``(tokens, 3)`` so conditioning frames can sit anywhere;
 - the projected prompt and its per-block keys/values can be computed once per session
   (:meth:`WanDiT.prepare_context`) instead of at every step;
-- an optional audio module (:class:`~liveface.engines.diffusion.audio_injection.AudioInjector`)
+- an optional audio module (:class:`~liveface.engines.diffusion.dit.audio_injection.AudioInjector`)
   adds segment-wise audio attention;
 - conditioning tokens (reference latent, compressed motion frames) can be run once per chunk at
   timestep 0 (:meth:`WanDiT.encode_prefix`), attending only among themselves; every denoising step
   then attends to their cached per-block keys/values (a
-  :class:`~liveface.engines.diffusion.kv_cache.PrefixCache`) instead of recomputing them.
+  :class:`~liveface.engines.diffusion.dit.kv_cache.PrefixCache`) instead of recomputing them.
 """
 
 from __future__ import annotations
@@ -27,9 +27,13 @@ from typing import cast
 import torch
 from torch import nn
 
-from liveface.engines.diffusion.attention import KeyValue
-from liveface.engines.diffusion.audio_injection import AudioInjector, AudioTokens, InjectionPoint
-from liveface.engines.diffusion.blocks import (
+from liveface.engines.diffusion.dit.attention import KeyValue
+from liveface.engines.diffusion.dit.audio_injection import (
+    AudioInjector,
+    AudioTokens,
+    InjectionPoint,
+)
+from liveface.engines.diffusion.dit.blocks import (
     BLOCK_MODULATIONS,
     DiTBlock,
     Head,
@@ -38,9 +42,9 @@ from liveface.engines.diffusion.blocks import (
     linear_fp32,
     sinusoidal_embedding,
 )
-from liveface.engines.diffusion.config import DiTConfig
-from liveface.engines.diffusion.kv_cache import PrefixCache
-from liveface.engines.diffusion.rope import RotaryTables, grid_positions, rotary_tables
+from liveface.engines.diffusion.dit.config import DiTConfig
+from liveface.engines.diffusion.dit.kv_cache import PrefixCache
+from liveface.engines.diffusion.dit.rope import RotaryTables, grid_positions, rotary_tables
 
 #: Prefix of the audio module's parameters inside the DiT's ``state_dict``.
 AUDIO_PREFIX = "audio."

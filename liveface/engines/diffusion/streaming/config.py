@@ -1,7 +1,8 @@
 """Configuration of streaming generation: chunk schedule, motion frames, codebook, sampler.
 
-Read from the ``stream`` table of a checkpoint's ``liveface.json`` (see :mod:`.bundle`); the
-server config then sets the chunk length (``chunk_frames`` rounded up to whole latent frames).
+Read from the ``stream`` table of a checkpoint's ``liveface.json`` (see
+:mod:`..checkpoint.bundle`); the server config then sets the chunk length (``chunk_frames`` rounded
+up to whole latent frames).
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from liveface.engines.diffusion import json_config
-from liveface.engines.diffusion.audio_stream import IDLE_MODES
+from liveface.engines.diffusion.audio.conditioner import IDLE_MODES
 from liveface.engines.diffusion.backends.compiled import COMPILE_MODES
-from liveface.engines.diffusion.codebook import CodebookConfig
-from liveface.engines.diffusion.motion import MotionConfig
-from liveface.engines.diffusion.sampler import SamplerConfig
+from liveface.engines.diffusion.sampling.flow import SamplerConfig
+from liveface.engines.diffusion.streaming.codebook import CodebookConfig
+from liveface.engines.diffusion.streaming.motion import MotionConfig
 from liveface.errors import ConfigError
 
 DECODERS = ("auto", "vae", "light")
@@ -26,7 +27,7 @@ COMPILE_CHOICES = ("auto", "off", *COMPILE_MODES)
 
 
 @dataclass(frozen=True)
-class StreamConfig:
+class GenerationConfig:
     """How the diffusion engine streams.
 
     Attributes:
@@ -86,7 +87,7 @@ class StreamConfig:
             return self.compile
         return "reduce-overhead" if str(device).startswith("cuda") else "off"
 
-    def replace(self, **changes: Any) -> StreamConfig:
+    def replace(self, **changes: Any) -> GenerationConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,7 +101,7 @@ class StreamConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> StreamConfig:
+    def from_dict(cls, data: Mapping[str, Any]) -> GenerationConfig:
         values = json_config.check_keys(cls, data, "stream")
         try:
             if "motion" in values:

@@ -50,7 +50,7 @@ class PrecomputedTextEmbeddings:
     @classmethod
     def load(cls, path: str | Path, *, text_dim: int | None = None) -> PrecomputedTextEmbeddings:
         """Read a file written by :func:`save_text_embeddings` (or any ``name -> 2-D`` file)."""
-        from liveface.engines.diffusion.checkpoint import load_state_dict
+        from liveface.engines.diffusion.checkpoint.files import load_state_dict
 
         return cls(load_state_dict(path), text_dim=text_dim)
 

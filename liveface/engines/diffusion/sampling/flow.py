@@ -169,6 +169,29 @@ def guided(cond: Denoiser, uncond: Denoiser | None, scale: float) -> Denoiser:
     return denoise
 
 
+def flow_update(
+    kind: str,
+    x: torch.Tensor,
+    v: torch.Tensor,
+    sigma: float,
+    sigma_next: float,
+    last: bool,
+    renoise: Callable[[], torch.Tensor],
+) -> torch.Tensor:
+    """One step of a schedule, the update rule every sampler here shares.
+
+    ``euler``: ``x + (sigma_next - sigma) * v``. ``distilled``: predict ``x0 = x - sigma * v`` and,
+    unless this is the ``last`` step, re-noise it to ``sigma_next`` with ``renoise()`` (fresh noise
+    of ``x``'s shape, drawn only when needed so that generators advance as the schedule says).
+    """
+    if kind == "euler":
+        return x + (sigma_next - sigma) * v
+    x0 = x - sigma * v
+    if last:
+        return x0
+    return (1 - sigma_next) * x0 + sigma_next * renoise()
+
+
 class FlowMatchSampler:
     """Runs a :class:`SamplerConfig` schedule with a denoiser callable."""
 
@@ -224,17 +247,10 @@ class FlowMatchSampler:
             if mask is not None:
                 t = t[:, None].masked_fill(mask, 0.0)
             v = model(x, t).float()
-            if cfg.kind == "euler":
-                x = x + (s_next - s) * v
-            else:
-                x0 = x - s * v
-                last = i == len(sigmas) - 2
-                x = (
-                    x0
-                    if last
-                    else (1 - s_next) * x0
-                    + s_next * initial_noise(tuple(x.shape), generator, x.device)
-                )
+            x = flow_update(
+                cfg.kind, x, v, s, s_next, i == len(sigmas) - 2,
+                lambda: initial_noise(tuple(noise.shape), generator, noise.device),
+            )  # fmt: skip
         return self._put_clean(x, clean32, mask)
 
     @staticmethod

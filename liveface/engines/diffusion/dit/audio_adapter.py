@@ -20,12 +20,16 @@ from typing import cast
 import torch
 from torch import nn
 
-from liveface.engines.diffusion.attention import Attention, FP32LayerNorm
-from liveface.engines.diffusion.audio_config import AudioConfig
-from liveface.engines.diffusion.audio_injection import AudioInjector, AudioTokens, InjectionPoint
-from liveface.engines.diffusion.audio_projector import AudioProjector
-from liveface.engines.diffusion.blocks import DiTBlock
-from liveface.engines.diffusion.dit import WanDiT
+from liveface.engines.diffusion.dit.attention import Attention, FP32LayerNorm
+from liveface.engines.diffusion.dit.audio_config import AudioConfig
+from liveface.engines.diffusion.dit.audio_injection import (
+    AudioInjector,
+    AudioTokens,
+    InjectionPoint,
+)
+from liveface.engines.diffusion.dit.audio_projector import AudioProjector
+from liveface.engines.diffusion.dit.blocks import DiTBlock
+from liveface.engines.diffusion.dit.model import WanDiT
 from liveface.errors import ConfigError
 
 #: Parameters copied from a block's text cross-attention by :func:`init_from_text_attention`.

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from liveface.engines.diffusion.rope import RotaryTables, apply_rotary
+from liveface.engines.diffusion.dit.rope import RotaryTables, apply_rotary
 
 
 class RMSNorm(nn.Module):

@@ -6,9 +6,10 @@ Timing (all integer samples on the session's media clock, see :mod:`liveface.eng
   (the *anchor* is the first of them). For a session's first chunk of ``1 + 4(k - 1)`` frames the
   anchor lies 3 frames before the chunk: latent frame 0 decodes to one video frame, and its audio
   is the 4 frames ending at it;
-- the causal audio front end (:class:`~liveface.engines.diffusion.audio_projector.AudioProjector`)
-  reads ``left_context_frames`` video frames before a latent frame: ``warmup`` extra latent frames
-  are computed and dropped, so chunked tokens do not depend on where a chunk starts;
+- the causal audio front end
+  (:class:`~liveface.engines.diffusion.dit.audio_projector.AudioProjector`) reads
+  ``left_context_frames`` video frames before a latent frame: ``warmup`` extra latent frames are
+  computed and dropped, so chunked tokens do not depend on where a chunk starts;
 - the speech encoder (bidirectional within its input) gets ``context`` samples before that, so its
   features at the chunk are stable, and everything up to the window's end: the chunk plus the
   declared lookahead. Nothing after the window is ever read.
@@ -29,9 +30,9 @@ import numpy as np
 import torch
 
 from liveface.engines.base import AudioChunk
-from liveface.engines.diffusion.audio import AudioAdapter
-from liveface.engines.diffusion.audio_config import AudioConfig
-from liveface.engines.diffusion.audio_encoder import SpeechEncoder
+from liveface.engines.diffusion.audio.encoder import SpeechEncoder
+from liveface.engines.diffusion.dit.audio_adapter import AudioAdapter
+from liveface.engines.diffusion.dit.audio_config import AudioConfig
 from liveface.errors import BadInputError
 
 IDLE_MODES = ("silence", "input")

@@ -9,7 +9,7 @@
 
 Both are bidirectional transformers: within one window, a feature may depend on later audio of the
 same window. Strict causality of the engine comes from windowing (the chunker's ``lookahead``);
-everything after the encoder (:mod:`.audio_projector`) is causal.
+everything after the encoder (:mod:`..dit.audio_projector`) is causal.
 
 Nothing is downloaded: the path must hold the model (``config.json`` + weights).
 """

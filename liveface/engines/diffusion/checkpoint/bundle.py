@@ -58,13 +58,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from liveface.engines.diffusion.stream_config import StreamConfig
+from liveface.engines.diffusion.backends.precision import resolve_dtype
+from liveface.engines.diffusion.streaming.config import GenerationConfig
 from liveface.errors import CheckpointError, ConfigError
 
 MANIFEST = "liveface.json"
 FORMAT = "liveface-diffusion"
 VERSION = 1
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 DOWNLOAD_HELP = """Put these in the checkpoint directory (layout: see diffusion/bundle.py):
   dit/                         config.json + diffusion_pytorch_model*.safetensors(+ index) of
@@ -97,7 +97,7 @@ class Manifest:
     portrait: str | None = "portrait.png"
     device: str | None = None
     dtype: str | None = None
-    stream: StreamConfig = field(default_factory=StreamConfig)
+    stream: GenerationConfig = field(default_factory=GenerationConfig)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
@@ -111,7 +111,7 @@ class Manifest:
                 values[key] = entry.get("file")
                 values[f"{key}_config"] = entry.get("config")
         if "stream" in data:
-            values["stream"] = StreamConfig.from_dict(data.pop("stream"))
+            values["stream"] = GenerationConfig.from_dict(data.pop("stream"))
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
@@ -181,10 +181,8 @@ def resolve_device(
     dev = torch.device(device) if device is not None else None
     if dev is None:
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
-        dtype = DTYPES[dtype]
+    if dtype is not None:
+        dtype = resolve_dtype(dtype)
     if dtype is None:
         dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     return dev, dtype
@@ -225,22 +223,23 @@ def write_bundle(
     """Write a checkpoint directory from models in memory.
 
     Args:
-        dit: a :class:`~liveface.engines.diffusion.dit.WanDiT` (written in the official layout).
-        adapter: its :class:`~liveface.engines.diffusion.audio.AudioAdapter`.
+        dit: a :class:`~liveface.engines.diffusion.dit.model.WanDiT` (written in the official
+            layout).
+        adapter: its :class:`~liveface.engines.diffusion.dit.audio_adapter.AudioAdapter`.
         speech_encoder: a transformers wav2vec2 / Whisper model (``save_pretrained``).
         vae: a :class:`~liveface.engines.diffusion.vae.WanVAE` (written with its config).
         light_decoder: optional :class:`~liveface.engines.diffusion.vae.TAEHV`.
         text_embeddings: ``name -> (tokens, text_dim)``; must include the manifest's default.
-        codebook: optional :class:`~liveface.engines.diffusion.codebook.Codebook`.
+        codebook: optional :class:`~liveface.engines.diffusion.streaming.codebook.Codebook`.
         portrait: optional default portrait, uint8 ``(h, w, 3)``.
         manifest: stream settings etc.; file names are set here.
 
     Returns:
         the directory.
     """
-    from liveface.engines.diffusion.codebook import save_codebook
-    from liveface.engines.diffusion.dit_loading import save_audio_adapter, save_dit
-    from liveface.engines.diffusion.text import save_text_embeddings
+    from liveface.engines.diffusion.checkpoint.dit import save_audio_adapter, save_dit
+    from liveface.engines.diffusion.streaming.codebook import save_codebook
+    from liveface.engines.diffusion.text.encoders import save_text_embeddings
     from liveface.engines.diffusion.vae import save_vae
 
     root = Path(path).expanduser()

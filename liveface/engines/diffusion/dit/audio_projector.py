@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from liveface.engines.diffusion.attention import FP32LayerNorm
-from liveface.engines.diffusion.audio_config import AudioConfig
+from liveface.engines.diffusion.dit.attention import FP32LayerNorm
+from liveface.engines.diffusion.dit.audio_config import AudioConfig
 
 
 class CausalConv1d(nn.Module):

@@ -6,7 +6,7 @@ import threading
 
 import torch
 
-from liveface.engines.diffusion.text import PrecomputedTextEmbeddings, UMT5TextEncoder
+from liveface.engines.diffusion.text.encoders import PrecomputedTextEmbeddings, UMT5TextEncoder
 from liveface.errors import BadInputError, ConfigError
 
 

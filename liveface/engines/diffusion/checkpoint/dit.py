@@ -28,15 +28,15 @@ from typing import Any
 
 import torch
 
-from liveface.engines.diffusion.audio import AudioAdapter
-from liveface.engines.diffusion.audio_config import AudioConfig
-from liveface.engines.diffusion.checkpoint import (
+from liveface.engines.diffusion.checkpoint.files import (
     assign_state_dict,
     check_state_dict,
     load_state_dict,
 )
-from liveface.engines.diffusion.config import DiTConfig
-from liveface.engines.diffusion.dit import AUDIO_PREFIX, WanDiT
+from liveface.engines.diffusion.dit.audio_adapter import AudioAdapter
+from liveface.engines.diffusion.dit.audio_config import AudioConfig
+from liveface.engines.diffusion.dit.config import DiTConfig
+from liveface.engines.diffusion.dit.model import AUDIO_PREFIX, WanDiT
 from liveface.errors import CheckpointError, ConfigError
 
 CONFIG_NAME = "config.json"

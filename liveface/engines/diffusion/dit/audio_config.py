@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from liveface.engines.diffusion import json_config
-from liveface.engines.diffusion.audio_injection import InjectionPoint
-from liveface.engines.diffusion.config import DiTConfig
+from liveface.engines.diffusion.dit.audio_injection import InjectionPoint
+from liveface.engines.diffusion.dit.config import DiTConfig
 from liveface.errors import ConfigError
 
 ENCODER_KINDS = ("wav2vec2", "whisper")

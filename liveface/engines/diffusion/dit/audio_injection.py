@@ -9,7 +9,7 @@ Two designs plug in here:
 
 - Soul (Wan2.2-5B + audio): an audio cross-attention in every block, between the text
   cross-attention and the FFN (:attr:`InjectionPoint.AFTER_CROSS_ATTN`), see
-  :class:`liveface.engines.diffusion.audio.AudioAdapter`;
+  :class:`liveface.engines.diffusion.dit.audio_adapter.AudioAdapter`;
 - Wan-S2V-14B: audio attention after selected blocks (:attr:`InjectionPoint.AFTER_BLOCK`) with
   its own front end; a subclass implements the same three members.
 """
@@ -67,7 +67,7 @@ class AudioTokens:
 
 class AudioInjector(nn.Module, abc.ABC):
     """An audio module attached to a DiT (its parameters live under the DiT's ``audio.`` prefix
-    but are saved and loaded on their own, see :mod:`liveface.engines.diffusion.dit_loading`)."""
+    but are saved and loaded on their own, see :mod:`liveface.engines.diffusion.checkpoint.dit`)."""
 
     @property
     @abc.abstractmethod

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from liveface.engines.diffusion.attention import Attention, FP32LayerNorm, KeyValue, concat_kv
-from liveface.engines.diffusion.rope import RotaryTables
+from liveface.engines.diffusion.dit.attention import Attention, FP32LayerNorm, KeyValue, concat_kv
+from liveface.engines.diffusion.dit.rope import RotaryTables
 
 #: A function that returns the updated residual stream ``(batch, tokens, dim)``.
 StreamHook = Callable[[torch.Tensor], torch.Tensor]

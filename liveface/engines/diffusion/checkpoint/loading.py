@@ -9,18 +9,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from liveface.engines.diffusion.audio import AudioAdapter
-from liveface.engines.diffusion.audio_encoder import SpeechEncoder
-from liveface.engines.diffusion.bundle import (
+from liveface.engines.diffusion.audio.encoder import SpeechEncoder
+from liveface.engines.diffusion.checkpoint.bundle import (
     Manifest,
     optional_file,
     read_manifest,
     read_portrait,
     resolve_device,
 )
-from liveface.engines.diffusion.codebook import Codebook, load_codebook
-from liveface.engines.diffusion.dit import WanDiT
-from liveface.engines.diffusion.prompts import PromptBank
+from liveface.engines.diffusion.dit.audio_adapter import AudioAdapter
+from liveface.engines.diffusion.dit.model import WanDiT
+from liveface.engines.diffusion.streaming.codebook import Codebook, load_codebook
+from liveface.engines.diffusion.text.prompts import PromptBank
 from liveface.engines.diffusion.vae import TAEHV, WanVAE
 from liveface.errors import CheckpointError, ConfigError
 
@@ -85,8 +85,8 @@ def load_bundle(
         ConfigError: no or an incomplete directory (with download instructions).
         CheckpointError: a damaged or mismatching file.
     """
-    from liveface.engines.diffusion.dit_loading import load_audio_adapter, load_dit
-    from liveface.engines.diffusion.text import PrecomputedTextEmbeddings, UMT5TextEncoder
+    from liveface.engines.diffusion.checkpoint.dit import load_audio_adapter, load_dit
+    from liveface.engines.diffusion.text.encoders import PrecomputedTextEmbeddings, UMT5TextEncoder
 
     root, m = read_manifest(path)
     dev, dt = resolve_device(device or m.device, dtype or m.dtype)

@@ -148,9 +148,7 @@ def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], what:
     if wrong:
         problems.append(f"wrong shapes: {_names(wrong)}")
     if problems:
-        raise CheckpointError(
-            f"{what} does not match the model config; " + "; ".join(problems)
-        )
+        raise CheckpointError(f"{what} does not match the model config; " + "; ".join(problems))
 
 
 def assign_state_dict(

@@ -14,7 +14,7 @@ equal the plain sequential path. This is what the tests exercise.
 :class:`Overlap` is the two-deep pipeline: ``submit`` enqueues chunk ``k`` (denoise, then decode
 and copy behind an event) and returns chunk ``k - 1``'s frames, whose decode ran on the GPU while
 chunk ``k`` denoised; ``flush`` returns the last one. Batching several sessions' chunks into one
-call lives in :mod:`liveface.engines.diffusion.batching`.
+call lives in :mod:`liveface.engines.diffusion.backends.batching`.
 """
 
 from __future__ import annotations

@@ -2,20 +2,21 @@
 
 For chunks of several sessions that generate the same number of latent frames:
 
-1. audio window -> audio tokens of the new latent frames (:mod:`.audio_stream`);
+1. audio window -> audio tokens of the new latent frames (:mod:`..audio.conditioner`);
 2. conditioning: each session's motion history is patch-embedded and FramePack-pooled
-   (:class:`~liveface.engines.diffusion.motion.MotionLayout`) and run once through the DiT at
-   timestep 0 on top of the session's cached reference prefix; the resulting per-block keys/values
-   serve every denoising step (:meth:`~liveface.engines.diffusion.dit.WanDiT.encode_prefix`);
+   (:class:`~liveface.engines.diffusion.streaming.motion.MotionLayout`) and run once through the
+   DiT at timestep 0 on top of the session's cached reference prefix; the resulting per-block
+   keys/values serve every denoising step
+   (:meth:`~liveface.engines.diffusion.dit.model.WanDiT.encode_prefix`);
 3. few-step flow-matching denoise of the new latent frames, one DiT forward per step for the
-   whole batch, per-session noise (:class:`.stream_sampler.StreamSampler`);
+   whole batch, per-session noise (:class:`..sampling.seeded.StreamSampler`);
 4. codebook drift correction of the new latents, which then enter the motion cache;
 5. decode of the new (uncorrected) latents with each session's streaming decoder state.
 
-Execution (:mod:`.streams`): a batch's chunks are grouped by latent length; each group's audio
-runs on the AUDIO stage and is handed off to DENOISE; steps 2-4 of a group run on the DENOISE
-stage and step 5 on the DECODE stage through an :class:`~.streams.Overlap`, so on CUDA group
-``g + 1`` denoises while group ``g`` decodes and copies its frames (uint8, converted on the
+Execution (:mod:`..backends.stages`): a batch's chunks are grouped by latent length; each group's
+audio runs on the AUDIO stage and is handed off to DENOISE; steps 2-4 of a group run on the DENOISE
+stage and step 5 on the DECODE stage through an :class:`~..backends.stages.Overlap`, so on CUDA
+group ``g + 1`` denoises while group ``g`` decodes and copies its frames (uint8, converted on the
 device) into pinned host buffers. The only host synchronisation is waiting for those copies. On
 the CPU everything runs in order, with the same results.
 """
@@ -32,18 +33,10 @@ import numpy as np
 import torch
 
 from liveface.engines.base import AudioChunk
-from liveface.engines.diffusion.attention import KeyValue
-from liveface.engines.diffusion.audio_injection import AudioTokens
-from liveface.engines.diffusion.audio_stream import AudioConditioner
+from liveface.engines.diffusion.audio.conditioner import AudioConditioner
+from liveface.engines.diffusion.backends.batching import flatten, group_by
 from liveface.engines.diffusion.backends.compiled import CompiledStep
-from liveface.engines.diffusion.batching import flatten
-from liveface.engines.diffusion.dit import TextContext, WanDiT
-from liveface.engines.diffusion.kv_cache import PrefixCache
-from liveface.engines.diffusion.motion import MotionLayout
-from liveface.engines.diffusion.rope import RotaryTables
-from liveface.engines.diffusion.stream_sampler import StreamSampler
-from liveface.engines.diffusion.streaming import ChunkPlan, DiffusionState, noise_seed
-from liveface.engines.diffusion.streams import (
+from liveface.engines.diffusion.backends.stages import (
     HostFrames,
     Overlap,
     PinnedPool,
@@ -52,6 +45,14 @@ from liveface.engines.diffusion.streams import (
     copy_to_host,
     device_frames_to_uint8,
 )
+from liveface.engines.diffusion.dit.attention import KeyValue
+from liveface.engines.diffusion.dit.audio_injection import AudioTokens
+from liveface.engines.diffusion.dit.kv_cache import PrefixCache
+from liveface.engines.diffusion.dit.model import TextContext, WanDiT
+from liveface.engines.diffusion.dit.rope import RotaryTables
+from liveface.engines.diffusion.sampling.seeded import StreamSampler
+from liveface.engines.diffusion.streaming.motion import MotionLayout
+from liveface.engines.diffusion.streaming.state import ChunkPlan, DiffusionState, noise_seed
 from liveface.engines.diffusion.vae import StreamingDecoder, StreamState
 
 #: Input shapes of the DiT step that are compiled (each on its first call); more run eagerly.
@@ -96,7 +97,7 @@ class ChunkOutput:
 
 @dataclass
 class _Group:
-    """A group of equal-length chunks in the pipeline (the :class:`~.streams.Overlap` tag).
+    """A group of equal-length chunks in the pipeline (the :class:`~..backends.stages.Overlap` tag).
 
     ``shapes`` (each chunk's frames, in order, packed flat into one copy) is set by the decode,
     ``counts`` (the codebook corrections of the chunks in ``counted``) by the denoising."""
@@ -289,16 +290,16 @@ class ChunkGenerator:
         their shapes go to ``job.shapes``."""
         items = job.items
         inputs: list[torch.Tensor] = []
-        groups: dict[tuple[bool, int], list[int]] = {}
         for i, (session, _, plan) in enumerate(items):
-            tensors = session.held
             z = latents[i : i + 1]
             if plan.prime:
-                z = torch.cat([tensors.reference.to(z.dtype), z], dim=2)
+                z = torch.cat([session.held.reference.to(z.dtype), z], dim=2)
             inputs.append(z)
-            groups.setdefault((tensors.decoder.first, z.shape[2]), []).append(i)
+        keys = [
+            (s.held.decoder.first, z.shape[2]) for (s, _, _), z in zip(items, inputs, strict=True)
+        ]
         frames: dict[int, torch.Tensor] = {}
-        for members in groups.values():
+        for members in group_by(keys):
             held = [items[i][0].held for i in members]
             z = torch.cat([inputs[i] for i in members])
             if len(members) == 1:

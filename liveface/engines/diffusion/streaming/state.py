@@ -4,9 +4,9 @@ A session holds (all shapes fixed at open, whatever the session's length):
 
 - the reference (pivot) latent ``(1, C, 1, h, w)`` and its per-block key/value prefix (computed
   once: the reference attends only to itself);
-- the prompt's :class:`~liveface.engines.diffusion.dit.TextContext` (shared between sessions with
-  the same prompt);
-- the motion-frame cache (:class:`~liveface.engines.diffusion.motion.MotionCache`);
+- the prompt's :class:`~liveface.engines.diffusion.dit.model.TextContext` (shared between
+  sessions with the same prompt);
+- the motion-frame cache (:class:`~liveface.engines.diffusion.streaming.motion.MotionCache`);
 - the decoder's stream state (causal conv caches);
 - its codebook, noise seed and interrupt bookkeeping.
 
@@ -25,10 +25,10 @@ from dataclasses import dataclass
 import torch
 
 from liveface.engines.base import EngineState
-from liveface.engines.diffusion.codebook import Codebook
-from liveface.engines.diffusion.dit import TextContext
-from liveface.engines.diffusion.kv_cache import PrefixCache
-from liveface.engines.diffusion.motion import MotionCache
+from liveface.engines.diffusion.dit.kv_cache import PrefixCache
+from liveface.engines.diffusion.dit.model import TextContext
+from liveface.engines.diffusion.streaming.codebook import Codebook
+from liveface.engines.diffusion.streaming.motion import MotionCache
 from liveface.engines.diffusion.vae import StreamState
 from liveface.errors import BadInputError, SessionClosedError
 

@@ -3,9 +3,9 @@
 Conditioning tokens (the reference latent, motion frames) are clean (timestep 0) and attend only
 among themselves (and to segments before them), never to the noisy tokens. Their per-block keys
 and values therefore do not change across the denoising steps of a chunk: they are computed once
-(:meth:`liveface.engines.diffusion.dit.WanDiT.encode_prefix`) and every step's noisy tokens attend
-to ``[prefix ; their own]``. Segments can be stacked: the reference's prefix is computed once per
-session, the motion frames' once per chunk on top of it.
+(:meth:`liveface.engines.diffusion.dit.model.WanDiT.encode_prefix`) and every step's noisy tokens
+attend to ``[prefix ; their own]``. Segments can be stacked: the reference's prefix is computed once
+per session, the motion frames' once per chunk on top of it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from liveface.engines.diffusion.attention import KeyValue, concat_kv
+from liveface.engines.diffusion.dit.attention import KeyValue, concat_kv
 
 
 @dataclass(frozen=True)

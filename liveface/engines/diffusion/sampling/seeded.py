@@ -1,12 +1,12 @@
 """Flow-matching sampling for a batch of independent streams. Imports no model.
 
-:class:`~liveface.engines.diffusion.sampler.FlowMatchSampler` draws the noise of a whole batch
+:class:`~liveface.engines.diffusion.sampling.flow.FlowMatchSampler` draws the noise of a whole batch
 from one generator, so a sample's noise depends on which other samples share its batch. A
 streaming engine batches whichever sessions happen to be ready, and a session's frames must not
 change with that: here every sample draws its start noise and its re-noising noise from its own
 generator, in the same order as ``FlowMatchSampler`` does for a batch of one (so one stream gives
 exactly ``FlowMatchSampler``'s result). Same schedules (``euler``, ``distilled``), same timestep
-convention, optional guidance through :func:`~liveface.engines.diffusion.sampler.guided`.
+convention, optional guidance through :func:`~liveface.engines.diffusion.sampling.flow.guided`.
 
 No host synchronisation happens in the loop: sigmas are Python floats computed up front.
 """
@@ -18,9 +18,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from liveface.engines.diffusion.sampler import (
+from liveface.engines.diffusion.sampling.flow import (
     Denoiser,
     SamplerConfig,
+    flow_update,
     guided,
     initial_noise,
     sampling_sigmas,
@@ -79,11 +80,7 @@ class StreamSampler:
             v = model(x, t).float()
             if on_step is not None:
                 on_step(i)
-            if cfg.kind == "euler":
-                x = x + (s_next - s) * v
-            elif i == last:
-                x = x - s * v
-            else:
-                x0 = x - s * v
-                x = (1 - s_next) * x0 + s_next * self._noise(shape, generators, dev)
+            x = flow_update(
+                cfg.kind, x, v, s, s_next, i == last, lambda: self._noise(shape, generators, dev)
+            )
         return x

@@ -1,0 +1,9 @@
+"""The Wan diffusion transformer and its plug-ins.
+
+* :mod:`.model` - :class:`~.model.WanDiT`, key-compatible with the official Wan2.2 checkpoints;
+  :mod:`.blocks`, :mod:`.attention`, :mod:`.rope` its parts, :mod:`.config` its frozen config;
+* :mod:`.kv_cache` - per-block key/value prefixes of clean conditioning tokens;
+* :mod:`.audio_injection` - the interface any audio conditioning implements;
+* :mod:`.audio_adapter` (+ :mod:`.audio_projector`, :mod:`.audio_config`) - the Soul-style audio
+  adapter: causal front end and per-block audio cross-attention.
+"""

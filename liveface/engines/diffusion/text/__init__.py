@@ -1,0 +1,2 @@
+"""Prompt embeddings: precomputed or umT5 (:mod:`.encoders`), looked up per session
+(:mod:`.prompts`)."""
