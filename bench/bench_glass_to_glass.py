@@ -21,8 +21,8 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from liveface.engines.factory import create_engine
 from liveface.runtime.config import ServerConfig
+from liveface.runtime.factory import create_engine
 from liveface.runtime.runtime import Runtime
 from liveface.signaling.http import build_app
 from tests.browser.harness import analyse, drive, make_speech_wav

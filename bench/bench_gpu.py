@@ -195,12 +195,11 @@ def chunk_flops(engine: Any, latents: int, steps: int) -> tuple[float, float]:
 
 
 def bench_engine(root: Path, h: int, w: int, args: argparse.Namespace, peak: float | None) -> Any:
-    from liveface.engines.diffusion.engine import create_diffusion_engine
-    from liveface.runtime.config import ServerConfig
+    from liveface.engines.diffusion.engine import DiffusionEngineConfig, create_diffusion_engine
 
     dev = torch.device(args.device)
-    config = ServerConfig(engine="diffusion", checkpoint=str(root), width=w, height=h, fps=25,
-                          chunk_frames=args.chunk_frames)  # fmt: skip
+    config = DiffusionEngineConfig(checkpoint=str(root), width=w, height=h, fps=25,
+                                   chunk_frames=args.chunk_frames)  # fmt: skip
     engine = create_diffusion_engine(config, device=dev)
     spec = engine.spec
     steps = engine.stream.sampler.num_steps

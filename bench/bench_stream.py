@@ -37,14 +37,17 @@ from liveface.engines.diffusion.dit.audio_adapter import AudioAdapter
 from liveface.engines.diffusion.dit.audio_config import AudioConfig
 from liveface.engines.diffusion.dit.config import DiTConfig
 from liveface.engines.diffusion.dit.model import WanDiT
-from liveface.engines.diffusion.engine import DiffusionEngine, create_diffusion_engine
+from liveface.engines.diffusion.engine import (
+    DiffusionEngine,
+    DiffusionEngineConfig,
+    create_diffusion_engine,
+)
 from liveface.engines.diffusion.portrait import default_portrait
 from liveface.engines.diffusion.streaming.codebook import CodebookConfig
 from liveface.engines.diffusion.streaming.config import StreamConfig
 from liveface.engines.diffusion.text.encoders import PrecomputedTextEmbeddings
 from liveface.engines.diffusion.text.prompts import PromptBank
 from liveface.engines.diffusion.vae import build_vae
-from liveface.runtime.config import ServerConfig
 
 GPU_SIZES = ((512, 512), (704, 1280))
 #: (DiT preset, VAE, light decoder, wav2vec2 hidden / layers, prompt tokens) per model size.
@@ -206,8 +209,8 @@ def cpu_part(args: argparse.Namespace) -> None:
         torch.manual_seed(0)
         models = random_models("tiny", device, dtype)
         root = write_bundle(Path(tmp) / "tiny", manifest=Manifest(stream=stream), **models)
-        config = ServerConfig(engine="diffusion", checkpoint=str(root), width=args.cpu_size,
-                              height=args.cpu_size, chunk_frames=args.chunk_frames)  # fmt: skip
+        config = DiffusionEngineConfig(checkpoint=str(root), width=args.cpu_size,
+                                       height=args.cpu_size, chunk_frames=args.chunk_frames)
         engine = create_diffusion_engine(config, device="cpu", dtype="float32", profile=True)
         assert isinstance(engine, DiffusionEngine)
         print(f"CPU, float32, tiny random checkpoint at {args.cpu_size}x{args.cpu_size}, "

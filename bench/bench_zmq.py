@@ -48,8 +48,8 @@ def speech(seconds: float, rate: int = RATE) -> np.ndarray:
 
 def build_engine(args: argparse.Namespace) -> Any:
     if args.engine == "warp":
-        from liveface.engines.factory import create_engine
         from liveface.runtime.config import ServerConfig
+        from liveface.runtime.factory import create_engine
 
         return create_engine(
             ServerConfig(

@@ -32,7 +32,7 @@ import zmq.asyncio
 from liveface.client.messages import CurveKeys, Event, Frame, ServerError
 from liveface.client.remote_session import RemoteSession
 from liveface.errors import SessionClosedError
-from liveface.signaling.zmq_protocol import (
+from liveface.protocol.messages import (
     Limits,
     Message,
     MsgType,

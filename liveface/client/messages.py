@@ -89,7 +89,7 @@ class CurveKeys:
     @classmethod
     def from_files(cls, client_secret: str | Path, server_public: str | Path) -> CurveKeys:
         """Keys from a client ``*.key_secret`` file and the server's ``server.key``."""
-        from liveface.signaling.zmq_curve import load_keypair, load_public
+        from liveface.protocol.curve import load_keypair, load_public
 
         public, secret = load_keypair(client_secret)
         return cls(load_public(server_public), public, secret)

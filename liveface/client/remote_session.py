@@ -10,7 +10,7 @@ import numpy as np
 
 from liveface.client.messages import Event, Frame
 from liveface.errors import SessionClosedError
-from liveface.signaling.zmq_protocol import MsgType
+from liveface.protocol.messages import MsgType
 
 if TYPE_CHECKING:
     from liveface.client.async_client import AsyncClient

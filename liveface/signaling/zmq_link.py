@@ -30,9 +30,7 @@ import numpy as np
 from liveface.errors import AvatarError
 from liveface.pipeline.ingest import pcm_to_float
 from liveface.pipeline.resample import StreamingResampler
-from liveface.runtime.session import Session, SessionEvent
-from liveface.runtime.tasks import TaskSet
-from liveface.signaling.zmq_protocol import (
+from liveface.protocol.messages import (
     ErrorCode,
     Message,
     MsgType,
@@ -40,6 +38,8 @@ from liveface.signaling.zmq_protocol import (
     encode,
     error_header,
 )
+from liveface.runtime.session import Session, SessionEvent
+from liveface.runtime.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 

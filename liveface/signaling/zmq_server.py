@@ -24,13 +24,8 @@ import zmq.asyncio
 from liveface.errors import AvatarError, ConfigError
 from liveface.pipeline.image import decode_image
 from liveface.pipeline.stream import StreamConfig
-from liveface.runtime.runtime import Runtime
-from liveface.runtime.session import Session, SessionEvent, SessionOptions
-from liveface.signaling.zmq_clients import ClientRecord, ClientTable, user_id
-from liveface.signaling.zmq_curve import CurveServer
-from liveface.signaling.zmq_link import SendResult, SessionLink
-from liveface.signaling.zmq_options import ZmqOptions
-from liveface.signaling.zmq_protocol import (
+from liveface.protocol.curve import CurveServer
+from liveface.protocol.messages import (
     ErrorCode,
     Limits,
     Message,
@@ -41,6 +36,11 @@ from liveface.signaling.zmq_protocol import (
     encode,
     error_header,
 )
+from liveface.runtime.runtime import Runtime
+from liveface.runtime.session import Session, SessionEvent, SessionOptions
+from liveface.signaling.zmq_clients import ClientRecord, ClientTable, user_id
+from liveface.signaling.zmq_link import SendResult, SessionLink
+from liveface.signaling.zmq_options import ZmqOptions
 
 __all__ = ["DEFAULT_ADDRESS", "ZmqOptions", "ZmqServer"]
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from liveface.signaling.zmq_protocol import (
+from liveface.protocol.messages import (
     PROTOCOL_VERSION,
     SPECS,
     Limits,
@@ -17,7 +17,7 @@ from liveface.signaling.zmq_protocol import (
     decode,
     encode,
 )
-from liveface.signaling.zmq_schema import Field, validate
+from liveface.protocol.schema import Field, validate
 
 LIMITS = Limits(max_header_bytes=1024, max_payload_bytes=4096)
 

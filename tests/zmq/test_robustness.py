@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from liveface.client import AsyncClient, CurveKeys
-from liveface.signaling.zmq_curve import create_curve_dir
-from liveface.signaling.zmq_protocol import PROTOCOL_VERSION, Limits, MsgType, decode, encode
+from liveface.protocol.curve import create_curve_dir
+from liveface.protocol.messages import PROTOCOL_VERSION, Limits, MsgType, decode, encode
 from liveface.signaling.zmq_server import ZmqOptions
 from tests.doubles import PatternEngine
 from tests.zmq.helpers import server_thread, speech, wait_until, zmq_server

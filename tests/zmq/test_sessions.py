@@ -11,7 +11,7 @@ import pytest
 
 from liveface.client import AsyncClient, Event, Frame, ServerError, SyncClient
 from liveface.errors import ConfigError
-from liveface.signaling.zmq_protocol import MsgType
+from liveface.protocol.messages import MsgType
 from liveface.signaling.zmq_server import ZmqOptions, ZmqServer
 from tests.doubles import PatternEngine, decode_index, mouth_level
 from tests.zmq.helpers import IDLE_LEVEL, speech, to_s16, wait_until, zmq_server

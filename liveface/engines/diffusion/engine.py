@@ -20,6 +20,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -51,7 +52,6 @@ from liveface.engines.diffusion.streaming.state import (
 )
 from liveface.engines.diffusion.vae import StreamingDecoder
 from liveface.errors import BadInputError, ConfigError
-from liveface.runtime.config import ServerConfig
 
 #: Prompts whose text keys/values stay cached for new sessions.
 TEXT_CACHE_SIZE = 8
@@ -330,16 +330,33 @@ def _diffusion_state(state: EngineState) -> DiffusionState:
     return state
 
 
+@dataclass(frozen=True)
+class DiffusionEngineConfig:
+    """What the server decides for the diffusion engine; the checkpoint decides the rest.
+
+    Attributes:
+        checkpoint: the checkpoint directory (layout: :mod:`.checkpoint.bundle`).
+        width, height, fps: output video.
+        chunk_frames: video frames per chunk, rounded up to whole latent frames.
+        lookahead_ms: audio the engine may read past a chunk's end (0: strictly causal).
+    """
+
+    checkpoint: str | None
+    width: int = 512
+    height: int = 512
+    fps: int = 25
+    chunk_frames: int = 4
+    lookahead_ms: int = 0
+
+
 def create_diffusion_engine(
-    config: ServerConfig,
+    config: DiffusionEngineConfig,
     *,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     profile: bool = False,
 ) -> Engine:
     """The diffusion engine for ``config.checkpoint``, sized and timed from ``config``.
-
-    ``config.chunk_frames`` is rounded up to whole latent frames (4 video frames each).
 
     Raises:
         ConfigError: no checkpoint, an incomplete one (says what to download and where), or

@@ -6,10 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from liveface.engines.diffusion.engine import DiffusionEngine, create_diffusion_engine
-from liveface.engines.factory import create_engine
+from liveface.engines.diffusion.engine import (
+    DiffusionEngine,
+    DiffusionEngineConfig,
+    create_diffusion_engine,
+)
 from liveface.errors import BadInputError, CheckpointError, ConfigError, SessionClosedError
 from liveface.runtime.config import ServerConfig
+from liveface.runtime.factory import create_engine
 from tests.engines.diffusion.stream_helpers import (
     SIZE,
     chunk_of,
@@ -171,9 +175,9 @@ def test_create_engine_needs_a_checkpoint_and_says_what_to_download(tmp_path):
     for source in ("Wan-AI/Wan2.2-TI2V-5B", "wav2vec2", "taew2_2", "audio adapter", "--checkpoint"):
         assert source in msg
     with pytest.raises(ConfigError, match="is not a directory"):
-        create_diffusion_engine(ServerConfig(engine="diffusion", checkpoint=str(tmp_path / "no")))
+        create_diffusion_engine(DiffusionEngineConfig(checkpoint=str(tmp_path / "no")))
     with pytest.raises(ConfigError, match="incomplete"):
-        create_diffusion_engine(ServerConfig(engine="diffusion", checkpoint=str(tmp_path)))
+        create_diffusion_engine(DiffusionEngineConfig(checkpoint=str(tmp_path)))
 
 
 def test_create_engine_from_the_directory_and_sizes(tmp_path):
@@ -195,7 +199,7 @@ def test_a_truncated_checkpoint_file_is_a_checkpoint_error(tmp_path):
     shard = next((root / "dit").glob("*.safetensors"))
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) // 3])
-    config = ServerConfig(engine="diffusion", checkpoint=str(root), width=SIZE, height=SIZE)
+    config = DiffusionEngineConfig(checkpoint=str(root), width=SIZE, height=SIZE)
     with pytest.raises(CheckpointError, match="truncated"):
         create_diffusion_engine(config)
 

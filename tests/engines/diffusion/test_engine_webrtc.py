@@ -10,8 +10,8 @@ import pytest
 import torch
 from aiohttp import web
 
-from liveface.engines.factory import create_engine
 from liveface.runtime.config import ServerConfig
+from liveface.runtime.factory import create_engine
 from liveface.runtime.runtime import Runtime
 from liveface.signaling.http import build_app
 from tests.engines.diffusion.stream_helpers import SIZE, tiny_checkpoint

@@ -95,7 +95,7 @@ class CurveServer:
         if not self.authorized.is_dir():
             raise ConfigError(
                 f"CURVE directory {root} has no {AUTHORIZED_DIR}/ folder of client public keys; "
-                "create one with liveface.signaling.zmq_curve.create_curve_dir"
+                "create one with liveface.protocol.curve.create_curve_dir"
             )
         self.public, self.secret = load_keypair(root / SERVER_SECRET)
         self._auth: AsyncioAuthenticator | None = None

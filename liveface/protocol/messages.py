@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from liveface.signaling.zmq_schema import MAX_JSON_INT, Field, ProtocolError, Schema, validate
+from liveface.protocol.schema import MAX_JSON_INT, Field, ProtocolError, Schema, validate
 
 PROTOCOL_VERSION = 1
 _PREFIX = struct.Struct("!BB")
