@@ -243,9 +243,8 @@ def bench_engine(root: Path, h: int, w: int, args: argparse.Namespace, peak: flo
             f"   DiT {rate(achieved)} over the whole chunk (MFU {mfu}); "
             f"{step_f / 1e9:.4g} GFLOP per step per session; peak memory {mem}"
         )
-        parts = {k[:-3]: v for k, v in info.info.items() if k.endswith("_ms")}
-        parts.pop("generate", None)
-        steps_ms = sum(v for k, v in parts.items() if k.startswith("step"))
+        parts = dict(info.info.stages_ms)
+        steps_ms = sum(info.info.steps_ms)
         denoise = sessions * step_f * steps / (steps_ms / 1000) if steps_ms else 0.0
         stages = ", ".join(f"{k} {v:.1f}" for k, v in parts.items())
         print(f"   stages (ms, synced): {stages}; denoise {rate(denoise)}")

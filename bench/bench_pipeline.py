@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from liveface.engines.base import AudioChunk, Engine, EngineSpec, EngineState, VideoChunk
 from liveface.pipeline.stream import StreamConfig
+from liveface.runtime.events import CloseReason
 from liveface.runtime.metrics import Metrics
 from liveface.runtime.session import Session, SessionOptions
 from liveface.runtime.worker import EngineWorker
@@ -92,23 +93,20 @@ async def run(seconds: float, sessions: int, size: int, chunk_frames: int) -> di
 
     pullers = [asyncio.ensure_future(pull(v, "video")) for _, v, _ in live]
     pullers += [asyncio.ensure_future(pull(a, "audio")) for _, _, a in live]
-    block = np.zeros(960, np.float32)  # 20 ms at 48 kHz, resampled like the microphone path
-    from liveface.pipeline.resample import StreamingResampler
-
-    resamplers = [StreamingResampler(48000, RATE) for _ in live]
+    block = np.zeros(960, np.float32)  # 20 ms at 48 kHz, through the ingest like the microphone
     t0, c0 = time.monotonic(), time.process_time()
     k = 0
     while time.monotonic() - t0 < seconds:
-        for (s, _, _), r in zip(live, resamplers, strict=True):
-            s.push(r.push(block))
+        for s, _, _ in live:
+            s.push(s.ingest.push(block, 48000))
         k += 1
         await asyncio.sleep(max(0.0, t0 + k * 0.02 - time.monotonic()))
     cpu = time.process_time() - c0
     for p in pullers:
         p.cancel()
-    repeated = sum(s.stream.output.stats.frames_repeated for s, _, _ in live)
+    repeated = sum(v.stats.repeated for _, v, _ in live)
     for s, _, _ in live:
-        await s.aclose()
+        await s.aclose(CloseReason.CLIENT_CLOSED)
     worker.stop()
     frames = counts["video"]
     return {

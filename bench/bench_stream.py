@@ -167,10 +167,10 @@ def run_sessions(engine: DiffusionEngine, sessions: int, chunks: int) -> dict:
         engine.close(s)
     med = statistics.median(latency)
     part_ms = {
-        key: statistics.median(p[key] for p in parts)
-        for key in parts[0]
-        if key.endswith("_ms") and key != "generate_ms"
-    }
+        **{key: statistics.median(p.stages_ms[key] for p in parts) for key in parts[0].stages_ms},
+        **{f"step{i}": statistics.median(p.steps_ms[i] for p in parts)
+           for i in range(len(parts[0].steps_ms))},
+    }  # fmt: skip
     return {
         "open_ms": open_ms, "first_ms": first_ms, "chunk_ms": med, "parts": part_ms,
         "fps": sessions * spec.chunk_frames / (med / 1000), "mem_gib": mem / 2**30,
@@ -179,7 +179,7 @@ def run_sessions(engine: DiffusionEngine, sessions: int, chunks: int) -> dict:
 
 def report(label: str, sessions: int, r: dict, spec: EngineSpec) -> None:
     steps = [v for k, v in r["parts"].items() if k.startswith("step")]
-    parts = " ".join(f"{k[:-3]}={v:.1f}" for k, v in r["parts"].items() if not k.startswith("step"))
+    parts = " ".join(f"{k}={v:.1f}" for k, v in r["parts"].items() if not k.startswith("step"))
     steps_txt = "/".join(f"{v:.1f}" for v in steps)
     video_ms = spec.chunk_frames * 1000 / spec.fps
     print(
@@ -209,8 +209,12 @@ def cpu_part(args: argparse.Namespace) -> None:
         torch.manual_seed(0)
         models = random_models("tiny", device, dtype)
         root = write_bundle(Path(tmp) / "tiny", manifest=Manifest(stream=stream), **models)
-        config = DiffusionEngineConfig(checkpoint=str(root), width=args.cpu_size,
-                                       height=args.cpu_size, chunk_frames=args.chunk_frames)
+        config = DiffusionEngineConfig(
+            checkpoint=str(root),
+            width=args.cpu_size,
+            height=args.cpu_size,
+            chunk_frames=args.chunk_frames,
+        )
         engine = create_diffusion_engine(config, device="cpu", dtype="float32", profile=True)
         assert isinstance(engine, DiffusionEngine)
         print(f"CPU, float32, tiny random checkpoint at {args.cpu_size}x{args.cpu_size}, "

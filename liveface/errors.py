@@ -56,3 +56,9 @@ class SessionClosedError(AvatarError):
     """The session has ended; nothing more can be sent to it."""
 
     code = "session_closed"
+
+
+class EngineError(AvatarError):
+    """The engine failed on a session's audio; the session ends, the server keeps serving."""
+
+    code = "engine_failed"

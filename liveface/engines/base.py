@@ -116,6 +116,30 @@ class AudioChunk:
 
 
 @dataclass
+class ChunkInfo:
+    """Measurements of one chunk, for metrics and benchmarks (times in milliseconds).
+
+    Attributes:
+        engine_ms: wall time of the ``generate`` call that made the chunk (the worker sets it
+            when the engine does not).
+        generate_ms: the engine's own time for the batch the chunk was in.
+        stages_ms: time per stage when the engine profiles (stage names are the engine's, e.g. the
+            diffusion engine's ``Stage`` values), summed over the batch.
+        steps_ms: time per denoising step when the engine profiles.
+        latent_frames: latent frames generated (latent engines).
+        codebook_corrected: features the drift-correction codebook pulled back (None: no
+            codebook in use).
+    """
+
+    engine_ms: float | None = None
+    generate_ms: float | None = None
+    stages_ms: dict[str, float] = field(default_factory=dict)
+    steps_ms: list[float] = field(default_factory=list)
+    latent_frames: int | None = None
+    codebook_corrected: float | None = None
+
+
+@dataclass
 class VideoChunk:
     """An engine's output for one :class:`AudioChunk`.
 
@@ -126,7 +150,7 @@ class VideoChunk:
         audio: float32 mono ``(end - start,)``, the exact samples these frames animate.
         voiced: the chunk's voice flag.
         epoch: copied from the chunk.
-        info: per-chunk measurements for metrics (e.g. engine time, corrected codebook features).
+        info: the chunk's measurements.
     """
 
     frames: np.ndarray
@@ -135,7 +159,7 @@ class VideoChunk:
     audio: np.ndarray
     voiced: bool
     epoch: int = 0
-    info: dict[str, float] = field(default_factory=dict)
+    info: ChunkInfo = field(default_factory=ChunkInfo)
 
 
 class EngineState(abc.ABC):  # noqa: B024 - a marker base; each engine defines its own fields

@@ -12,6 +12,8 @@ from liveface.errors import BadInputError
 
 #: Larger images are refused before decoding (a decompression bomb costs memory, not bytes).
 MAX_PIXELS = 40_000_000
+#: Smallest portrait side accepted: anything smaller cannot hold a usable face.
+MIN_SIDE = 32
 
 
 #: Grey that transparent pixels of an RGBA portrait are composited onto (neutral for detectors).
@@ -86,14 +88,23 @@ def decode_image(data: bytes) -> np.ndarray:
     if not data:
         raise BadInputError("portrait is empty")
     buf = np.frombuffer(data, dtype=np.uint8)
-    header = cv2.imdecode(buf, cv2.IMREAD_REDUCED_GRAYSCALE_8)
-    if header is None:
-        raise BadInputError("portrait is not an image cv2 can read (use PNG, JPEG or WebP)")
-    if header.size * 64 > MAX_PIXELS:
-        raise BadInputError(f"portrait has more than {MAX_PIXELS} pixels; send a smaller image")
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    try:
+        # A 1/8-scale grey decode reads the size cheaply before any full-size allocation.
+        header = cv2.imdecode(buf, cv2.IMREAD_REDUCED_GRAYSCALE_8)
+        if header is None:
+            raise BadInputError("portrait is not an image cv2 can read (use PNG, JPEG or WebP)")
+        if header.size * 64 > MAX_PIXELS:
+            raise BadInputError(f"portrait has more than {MAX_PIXELS} pixels; send a smaller one")
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:  # OpenCV refuses some degenerate files (e.g. a 1x1 PNG)
+        raise BadInputError("portrait could not be decoded (use a PNG, JPEG or WebP photo)") from e
     if img is None:
         raise BadInputError("portrait could not be decoded")
+    if min(img.shape[:2]) < MIN_SIDE:
+        raise BadInputError(
+            f"portrait is {img.shape[1]}x{img.shape[0]} pixels; send at least "
+            f"{MIN_SIDE}x{MIN_SIDE} (a photo with a face)"
+        )
     if img.ndim == 3 and img.shape[2] == 3:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     elif img.ndim == 3 and img.shape[2] == 4:

@@ -100,8 +100,9 @@ class OutputBuffer:
             ``(frame, fresh)``: ``frame`` is None only before any frame ever arrived; ``fresh`` is
             False when a frame was repeated.
         """
-        for old in [k for k in self._frames if k < n]:
-            del self._frames[old]
+        for old in sorted(k for k in self._frames if k < n):
+            # Too late to show, but the freshest picture there is: it is what a repeat shows.
+            self.last_frame = self._frames.pop(old)
             self.stats.frames_late += 1
         self._video_head = n + 1
         frame = self._frames.pop(n, None)

@@ -1,106 +1,196 @@
-"""Process metrics in the Prometheus text format (no dependency), plus per-session summaries.
+"""Process metrics through ``prometheus_client``: every metric is declared here, once, as an object.
 
-Counters only go up; gauges are read at scrape time from callables; summaries keep a bounded
-reservoir of recent observations and report quantiles. Wall-clock time is used here and only here.
+Code never names a metric with a string: it increments :class:`Metrics` attributes
+(``metrics.chunks_rendered.inc()``), drops by :class:`DropReason`, and registers scrape-time
+readers by :class:`Reading`, so a misspelt name fails at import or in mypy. Wall-clock time is used
+for metrics and nowhere else.
 """
 
 from __future__ import annotations
 
+import enum
 import threading
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-import numpy as np
-
-
-class Summary:
-    """Recent observations (bounded) with quantiles; thread-safe."""
-
-    def __init__(self, size: int = 2048) -> None:
-        self._values: deque[float] = deque(maxlen=size)
-        self._count = 0
-        self._sum = 0.0
-        self._lock = threading.Lock()
-
-    def observe(self, value: float) -> None:
-        with self._lock:
-            self._values.append(value)
-            self._count += 1
-            self._sum += value
-
-    def quantile(self, q: float) -> float:
-        with self._lock:
-            if not self._values:
-                return float("nan")
-            return float(np.quantile(np.fromiter(self._values, float), q))
-
-    @property
-    def count(self) -> int:
-        return self._count
-
-    @property
-    def total(self) -> float:
-        return self._sum
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 
-class Metrics:
-    """A registry of named counters, gauges and summaries.
+class DropReason(enum.Enum):
+    """Why a chunk was not rendered (its audio still plays)."""
 
-    Names follow Prometheus conventions (``liveface_frames_repeated_total``); each has a help text.
-    """
+    FULL = "full"  # the session's queue was full: the oldest chunk made room
+    LATE = "late"  # its frames would have been due before the engine could finish them
+    STALE = "stale"  # it belonged to speech cleared by a barge-in
+
+
+class Kind(enum.Enum):
+    GAUGE = "gauge"
+    COUNTER = "counter"  # a total computed when read (e.g. live sessions plus closed ones)
+
+
+class Reading(enum.Enum):
+    """Values read from their owner when scraped: (name, help, kind)."""
+
+    SESSIONS = ("liveface_sessions", "Live sessions", Kind.GAUGE)
+    SESSIONS_MAX = ("liveface_sessions_max", "Configured session limit", Kind.GAUGE)
+    QUALITY_LEVEL = (
+        "liveface_quality_level",
+        "Engine quality level in use (0 is the best; higher means degraded to keep real time)",
+        Kind.GAUGE,
+    )
+    QUALITY_CHANGES = ("liveface_quality_changes", "Quality level changes", Kind.COUNTER)
+    ENGINE_UTILISATION = (
+        "liveface_engine_utilisation",
+        "Fraction of recent wall time the engine spent generating",
+        Kind.GAUGE,
+    )
+    ZMQ_CLIENTS = ("liveface_zmq_clients", "ZeroMQ clients seen recently", Kind.GAUGE)
+    ZMQ_FRAMES_DROPPED = (
+        "liveface_zmq_frames_dropped",
+        "Frames dropped because a ZeroMQ client read too slowly",
+        Kind.COUNTER,
+    )
+
+    def __init__(self, metric: str, help: str, kind: Kind) -> None:
+        self.metric = metric
+        self.help = help
+        self.kind = kind
+
+
+class SessionCounter(enum.Enum):
+    """Per-session counters, exported as process totals (live sessions plus closed ones)."""
+
+    FRAMES_OUT = ("liveface_frames_out", "Frames played on time")
+    FRAMES_REPEATED = (
+        "liveface_frames_repeated",
+        "Frames due but not ready: the last frame was shown again",
+    )
+    FRAMES_LATE = (
+        "liveface_frames_late",
+        "Frames that arrived after their due time and were dropped",
+    )
+    FRAMES_OVERFLOW = (
+        "liveface_frames_overflow",
+        "Frames dropped because a session's output buffer was full",
+    )
+    AUDIO_UNDERRUN_SAMPLES = (
+        "liveface_audio_underrun_samples",
+        "Output audio samples due but not ready (played as silence)",
+    )
+    INPUT_SAMPLES = ("liveface_input_samples", "Input audio samples received")
+    INPUT_DROPPED_SAMPLES = (
+        "liveface_input_dropped_samples",
+        "Input samples dropped (stale live audio after a stall, duplicates, over a client's queue "
+        "limit)",
+    )
+    INPUT_CONCEALED_SAMPLES = (
+        "liveface_input_concealed_samples",
+        "Input samples concealed with silence where timestamps showed lost packets",
+    )
+    SILENCE_FILLED_SAMPLES = (
+        "liveface_silence_filled_samples",
+        "Silence inserted while no audio arrived (the avatar idles)",
+    )
+    CHUNKS_SKIPPED = (
+        "liveface_session_chunks_skipped",
+        "Chunks a session did not get rendered (dropped by the scheduler)",
+    )
+
+    def __init__(self, metric: str, help: str) -> None:
+        self.metric = metric
+        self.help = help
+
+
+class _Readers(Collector):
+    """Scrape-time values from their owners."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counters: dict[str, float] = {}
-        self._gauges: dict[str, tuple[str, Callable[[], float]]] = {}
-        self._summaries: dict[str, Summary] = {}
-        self._help: dict[str, str] = {}
+        self.readers: dict[Reading, Callable[[], float]] = {}
+        self.sessions: Callable[[], dict[SessionCounter, float]] | None = None
 
-    def counter(self, name: str, help: str) -> None:
+    def collect(self) -> Iterator[Metric]:
         with self._lock:
-            self._counters.setdefault(name, 0.0)
-            self._help[name] = help
+            readers = dict(self.readers)
+            sessions = self.sessions
+        for reading, read in readers.items():
+            family = GaugeMetricFamily if reading.kind is Kind.GAUGE else CounterMetricFamily
+            yield family(reading.metric, reading.help, value=float(read()))
+        if sessions is not None:
+            totals = sessions()
+            for counter in SessionCounter:
+                yield CounterMetricFamily(counter.metric, counter.help, value=totals[counter])
 
-    def inc(self, name: str, value: float = 1.0) -> None:
-        if value:
-            with self._lock:
-                self._counters[name] = self._counters.get(name, 0.0) + value
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # names are known up front; nothing to read at registration
 
-    def value(self, name: str) -> float:
-        with self._lock:
-            return self._counters.get(name, 0.0)
 
-    def gauge(self, name: str, help: str, read: Callable[[], float], kind: str = "gauge") -> None:
-        """A value read at scrape time; ``kind="counter"`` for a total computed on read."""
-        with self._lock:
-            self._gauges[name] = (kind, read)
-            self._help[name] = help
+class Metrics:
+    """The process's metrics registry (one per :class:`~liveface.runtime.runtime.Runtime`)."""
 
-    def summary(self, name: str, help: str) -> Summary:
-        with self._lock:
-            if name not in self._summaries:
-                self._summaries[name] = Summary()
-                self._help[name] = help
-            return self._summaries[name]
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.chunks_rendered = Counter(
+            "liveface_chunks_rendered", "Chunks rendered by the engine", registry=r
+        )
+        self.chunks_dropped = Counter(
+            "liveface_chunks_dropped",
+            "Chunks not rendered (their audio still plays), by reason",
+            ["reason"],
+            registry=r,
+        )
+        for reason in DropReason:
+            self.chunks_dropped.labels(reason.value)
+        self.engine_errors = Counter(
+            "liveface_engine_errors", "Engine calls that raised", registry=r
+        )
+        self.engine_batch_seconds = Histogram(
+            "liveface_engine_batch_seconds",
+            "Wall time of one engine generate call",
+            buckets=(0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56),
+            registry=r,
+        )
+        self.engine_batch_size = Histogram(
+            "liveface_engine_batch_size",
+            "Chunks per engine call",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16),
+            registry=r,
+        )
+        self.sessions_opened = Counter("liveface_sessions_opened", "Sessions opened", registry=r)
+        self.sessions_refused = Counter(
+            "liveface_sessions_refused", "Offers refused at capacity", registry=r
+        )
+        self.zmq_messages = Counter("liveface_zmq_messages", "ZeroMQ messages received", registry=r)
+        self.zmq_bad_messages = Counter(
+            "liveface_zmq_bad_messages", "ZeroMQ messages refused as malformed", registry=r
+        )
+        self.zmq_clients_timed_out = Counter(
+            "liveface_zmq_clients_timed_out", "ZeroMQ clients gone silent", registry=r
+        )
+        self._readers = _Readers()
+        r.register(self._readers)
+
+    def dropped(self, reason: DropReason, count: int = 1) -> None:
+        self.chunks_dropped.labels(reason.value).inc(count)
+
+    def read(self, reading: Reading, read: Callable[[], float]) -> None:
+        """Report ``read()`` as ``reading`` at every scrape (the owner keeps the value)."""
+        with self._readers._lock:
+            self._readers.readers[reading] = read
+
+    def read_sessions(self, totals: Callable[[], dict[SessionCounter, float]]) -> None:
+        """Report the per-session counters' process totals at every scrape."""
+        with self._readers._lock:
+            self._readers.sessions = totals
+
+    def sample(self, name: str, **labels: str) -> float:
+        """The current value of one exposed sample (``..._total`` for counters); 0 if absent."""
+        value = self.registry.get_sample_value(name, labels or None)
+        return 0.0 if value is None else float(value)
 
     def render(self) -> str:
-        """The Prometheus text exposition of everything registered."""
-        lines: list[str] = []
-        with self._lock:
-            counters = dict(self._counters)
-            gauges = dict(self._gauges)
-            summaries = dict(self._summaries)
-            helps = dict(self._help)
-        for name, value in sorted(counters.items()):
-            lines += [f"# HELP {name} {helps.get(name, name)}", f"# TYPE {name} counter"]
-            lines.append(f"{name} {value:g}")
-        for name, (kind, read) in sorted(gauges.items()):
-            lines += [f"# HELP {name} {helps[name]}", f"# TYPE {name} {kind}"]
-            lines.append(f"{name} {read():g}")
-        for name, s in sorted(summaries.items()):
-            lines += [f"# HELP {name} {helps[name]}", f"# TYPE {name} summary"]
-            for q in (0.5, 0.95, 0.99):
-                lines.append(f'{name}{{quantile="{q}"}} {s.quantile(q):g}')
-            lines.append(f"{name}_sum {s.total:g}")
-            lines.append(f"{name}_count {s.count}")
-        return "\n".join(lines) + "\n"
+        """The Prometheus text exposition."""
+        return generate_latest(self.registry).decode()

@@ -1,22 +1,49 @@
 """The process-wide runtime: one engine, its worker, the session registry and the metrics.
 
 HTTP/WebRTC and ZeroMQ share one Runtime, so sessions of both transports are batched together on the
-one EngineWorker and count against one session limit.
+one EngineWorker, count against one session limit, and are opened in one place:
+:meth:`Runtime.open_session` (admission, portrait preparation, start) and ended in one place:
+:meth:`Runtime.close_session`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from liveface.engines.base import Engine
+from liveface.pipeline.image import decode_image
 from liveface.pipeline.resample import StreamingResampler
+from liveface.pipeline.stream import StreamConfig
 from liveface.runtime.config import ServerConfig
 from liveface.runtime.degrade import DegradeConfig
+from liveface.runtime.events import CloseReason, SessionEvent
 from liveface.runtime.metrics import Metrics
 from liveface.runtime.registry import SessionRegistry
+from liveface.runtime.session import Session, SessionOptions
 from liveface.runtime.worker import EngineWorker
+
+
+@dataclass
+class SessionRequest:
+    """What a transport received from a client that wants a session.
+
+    Attributes:
+        portrait: an encoded image (bytes, decoded off the event loop), an RGB array, or None
+            for the server's default portrait.
+        prompt: optional text prompt.
+        engine_options: engine-specific per-session options.
+    """
+
+    portrait: bytes | np.ndarray | None = None
+    prompt: str | None = None
+    engine_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Runtime:
@@ -60,3 +87,53 @@ class Runtime:
         await self.registry.aclose_all()
         self.worker.stop()
         self.engine.shutdown()
+
+    def stream_config(self, *, live: bool, max_pending_s: float | None = None) -> StreamConfig:
+        """The pipeline settings of a transport: a live microphone, or pushed audio."""
+        config = StreamConfig(delay_ms=self.config.delay_ms, live=live)
+        if max_pending_s is not None:
+            config = dataclasses.replace(config, max_pending_s=max_pending_s)
+        return config
+
+    async def open_session(
+        self,
+        request: SessionRequest,
+        stream: StreamConfig,
+        on_event: Callable[[SessionEvent], None] | None = None,
+    ) -> Session:
+        """Admit, prepare the portrait, start: the one way to open a session.
+
+        The slot is taken first, so a full server costs nothing more; the portrait is decoded
+        and the engine state opened off the event loop. On any failure nothing is held.
+
+        Raises:
+            CapacityError: the server holds its maximum of sessions.
+            BadInputError: the portrait or an option is unusable (e.g. :class:`NoFaceError`).
+        """
+        self.registry.reserve()
+        session: Session | None = None
+        try:
+            portrait = request.portrait
+            if isinstance(portrait, bytes | bytearray | memoryview):
+                loop = asyncio.get_running_loop()
+                portrait = await loop.run_in_executor(None, decode_image, bytes(portrait))
+            if portrait is None:
+                portrait = self.default_portrait
+            session = Session(self.worker, stream, on_event=on_event)
+            await session.start(
+                SessionOptions(portrait, request.prompt, dict(request.engine_options))
+            )
+        except BaseException:
+            self.registry.unreserve()
+            if session is not None:
+                await session.aclose(CloseReason.OPEN_FAILED)
+            raise
+        self.registry.add(session)
+        return session
+
+    async def close_session(self, session: Session, reason: CloseReason) -> None:
+        """End a session and free its slot (idempotent)."""
+        try:
+            await session.aclose(reason)
+        finally:
+            self.registry.discard(session)

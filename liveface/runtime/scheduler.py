@@ -16,6 +16,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from liveface.engines.base import AudioChunk
+from liveface.runtime.metrics import DropReason
 
 
 @dataclass
@@ -35,10 +36,10 @@ class _Queue:
 
 @dataclass
 class Dropped:
-    """Why a chunk was not run: ``"full"``, ``"late"`` or ``"stale"``."""
+    """A chunk that will not run, and why."""
 
     pending: Pending
-    reason: str
+    reason: DropReason
 
 
 class Scheduler:
@@ -66,7 +67,7 @@ class Scheduler:
         if q is None:
             return []
         q.epoch = epoch
-        stale = [Dropped(p, "stale") for p in q.items if p.chunk.epoch < epoch]
+        stale = [Dropped(p, DropReason.STALE) for p in q.items if p.chunk.epoch < epoch]
         q.items = deque(p for p in q.items if p.chunk.epoch >= epoch)
         return stale
 
@@ -74,11 +75,11 @@ class Scheduler:
         """Queue a chunk; returns what had to be dropped to make room (or the chunk itself)."""
         q = self._queues.get(pending.session)
         if q is None or pending.chunk.epoch < q.epoch:
-            return [Dropped(pending, "stale")]
+            return [Dropped(pending, DropReason.STALE)]
         q.items.append(pending)
         dropped = []
         while len(q.items) > self.max_queued:
-            dropped.append(Dropped(q.items.popleft(), "full"))
+            dropped.append(Dropped(q.items.popleft(), DropReason.FULL))
         return dropped
 
     def has_work(self) -> bool:
@@ -112,7 +113,7 @@ class Scheduler:
             while q.items:
                 p = q.items[0]
                 if p.deadline + frame_time(p) + self.late_slack < now + expected:
-                    dropped.append(Dropped(q.items.popleft(), "late"))
+                    dropped.append(Dropped(q.items.popleft(), DropReason.LATE))
                     continue
                 heads.append(p)
                 break

@@ -1,17 +1,19 @@
 """A Session: one conversation, from open to aclose, independent of the transport.
 
-The transport pushes audio (already mono float at the engine's rate) and pulls frames and audio
-from ``session.stream.output`` on the media clock; the session cuts chunks, hands them to the
-EngineWorker and stores what comes back. Everything here runs on the asyncio loop except the sink
-methods, which the worker thread calls and which hop to the loop at once.
+A transport hands audio to the session's :attr:`Session.ingest` (any format and rate) and
+:meth:`Session.push` es what comes out; it takes frames and audio from a pacer
+(:meth:`Session.video_pacer`, :meth:`Session.audio_pacer`) and encodes or sends what it yields.
+The session cuts chunks on its media clock, hands them to the EngineWorker and stores what comes
+back. Everything here runs on the asyncio loop except the sink methods, which the worker thread
+calls and which hop to the loop at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,34 +22,41 @@ from typing import Any
 import numpy as np
 
 from liveface.engines.base import AudioChunk, EngineState, VideoChunk
-from liveface.errors import SessionClosedError
-from liveface.pipeline.segments import PlaybackEvent
+from liveface.errors import EngineError, SessionClosedError
+from liveface.pipeline.ingest import AudioIngest
+from liveface.pipeline.pacer import AudioPacer, OutputSignal, PaceTiming, VideoPacer
 from liveface.pipeline.stream import StreamConfig, StreamPipeline
+from liveface.runtime.events import CloseReason, SessionClosed, SessionError, SessionEvent
+from liveface.runtime.metrics import DropReason, SessionCounter
 from liveface.runtime.tasks import TaskSet
 from liveface.runtime.worker import EngineWorker
 
 log = logging.getLogger(__name__)
 
-_ids = itertools.count(1)
 #: How often a session looks at the clock when no audio arrives (silence fill, paced release).
 TICK_S = 0.02
+#: Recent engine times a session keeps for its statistics.
+ENGINE_TIMES_KEPT = 256
 
 
 @dataclass
 class SessionOptions:
-    """What a client asks for when it opens a session."""
+    """What a client asks for when it opens a session.
+
+    Attributes:
+        portrait: uint8 RGB ``(height, width, 3)``, or None for the server's default portrait.
+        prompt: optional text prompt (engines that take none ignore it).
+        engine_options: engine-specific per-session options.
+    """
 
     portrait: np.ndarray | None = None
     prompt: str | None = None
     engine_options: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class SessionEvent:
-    """Something the transport may forward: playback events, errors, the end."""
-
-    kind: str  # "playback_started" | "playback_finished" | "error" | "closed"
-    data: dict[str, Any] = field(default_factory=dict)
+def new_session_id() -> str:
+    """An unguessable id: a session is reachable by whoever knows it."""
+    return "s" + secrets.token_hex(8)
 
 
 class Session:
@@ -56,7 +65,7 @@ class Session:
     Args:
         worker: the EngineWorker that owns the engine.
         stream_config: pipeline settings of this transport (live microphone or pushed audio).
-        on_event: called on the loop with :class:`SessionEvent` s.
+        on_event: called on the loop with each :data:`~liveface.runtime.events.SessionEvent`.
     """
 
     def __init__(
@@ -65,10 +74,12 @@ class Session:
         stream_config: StreamConfig,
         on_event: Callable[[SessionEvent], None] | None = None,
     ) -> None:
-        self.id = f"s{next(_ids)}"
+        self.id = new_session_id()
         self.worker = worker
         self.spec = worker.engine.spec
         self.stream = StreamPipeline(self.spec, stream_config)
+        self.ingest = AudioIngest(self.spec.sample_rate)
+        self.signal = OutputSignal()
         self._on_event = on_event
         self._state: EngineState | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -76,11 +87,12 @@ class Session:
         self._wake = asyncio.Event()
         self._closed = asyncio.Event()
         self.closing = False
+        self.close_reason: CloseReason | None = None
         self.created = time.monotonic()
         self.first_frame_at: float | None = None
         self.chunks_skipped = 0
         self.engine_ms: list[float] = []  # recent engine times, bounded
-        self.new_result = asyncio.Event()
+        self._pacers: list[VideoPacer | AudioPacer] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -105,6 +117,7 @@ class Session:
             raise
         self.worker.register(self.id, self._state, self)
         self._tasks.spawn(self._tick_loop())
+        log.info("session %s started (engine %s)", self.id, engine.name)
 
     def describe(self) -> dict[str, Any]:
         """The engine's facts about this session's avatar (see ``Engine.describe``)."""
@@ -122,12 +135,14 @@ class Session:
     async def wait_closed(self) -> None:
         await self._closed.wait()
 
-    async def aclose(self, reason: str = "closed") -> None:
+    async def aclose(self, reason: CloseReason) -> None:
         """End the session: stop tasks, drop queued work, free the engine state. Idempotent."""
         if self.closing:
             await self._closed.wait()
             return
         self.closing = True
+        self.close_reason = reason
+        self.signal.close()
         await self._tasks.aclose()
         if self._state is not None:
             fut = self.worker.unregister(self.id)
@@ -136,28 +151,54 @@ class Session:
             except Exception:
                 log.exception("engine close failed for session %s", self.id)
             self._state = None
-        self._emit(SessionEvent("closed", {"reason": reason}))
+        log.info("session %s ended (%s): %s", self.id, reason.value, self.summary())
+        self._emit(SessionClosed(reason))
         self._closed.set()
 
-    # -- input (loop thread) -------------------------------------------------------------------
+    # -- media in and out ----------------------------------------------------------------------
 
     def push(self, audio: np.ndarray) -> int:
-        """Append mono float32 audio at the engine's rate; returns samples accepted."""
+        """Append mono float32 audio at the engine's rate (what :attr:`ingest` made); returns the
+        samples accepted."""
         if self.closing:
             raise SessionClosedError(f"session {self.id} has ended")
+        if audio.shape[0] == 0:
+            return 0
         n = self.stream.push(audio, time.monotonic())
         self._wake.set()
         return n
 
     def end_segment(self) -> int | None:
+        """Close the pushed speech segment; the ingest's filter tail belongs to it."""
+        tail = self.ingest.flush()
+        if tail.shape[0]:
+            self.push(tail)
         return self.stream.end_segment()
 
     def clear(self) -> None:
         """Barge-in: drop queued speech, in-flight chunks and pending frames; back to idle."""
         epoch, events = self.stream.clear()
         self.worker.interrupt(self.id, epoch)
-        self._emit_playback(events)
+        for e in events:
+            self._emit(e)
         self._wake.set()
+
+    def pending_seconds(self) -> float:
+        """Pushed audio not yet played (what a pushing client has queued)."""
+        return self.stream.pending_samples() / self.spec.sample_rate
+
+    def video_pacer(self, *, with_audio: bool = False, timing: PaceTiming | None = None
+                    ) -> VideoPacer:  # fmt: skip
+        """A pacer of this session's frames (see :mod:`liveface.pipeline.pacer`)."""
+        pacer = VideoPacer(self.stream, self.signal, timing, with_audio=with_audio)
+        self._pacers.append(pacer)
+        return pacer
+
+    def audio_pacer(self, block: int, timing: PaceTiming | None = None) -> AudioPacer:
+        """A pacer of this session's audio in blocks of ``block`` samples."""
+        pacer = AudioPacer(self.stream, self.signal, block, timing)
+        self._pacers.append(pacer)
+        return pacer
 
     # -- the clock task ------------------------------------------------------------------------
 
@@ -168,7 +209,8 @@ class Session:
             for chunk in stream.tick(now):
                 self.worker.submit(self.id, chunk, stream.frame_due(chunk.first_frame))
             if stream.started:
-                self._emit_playback(stream.playback_events())
+                for e in stream.playback_events():
+                    self._emit(e)
             self._wake.clear()
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel that
             # arrives just as the event is set (cpython#86296), and aclose() would wait forever.
@@ -188,7 +230,7 @@ class Session:
     def deliver(self, chunk: VideoChunk) -> None:
         self._hop(self._on_result, chunk)
 
-    def skipped(self, chunk: AudioChunk, reason: str) -> None:
+    def skipped(self, chunk: AudioChunk, reason: DropReason) -> None:
         self._hop(self._on_skip, chunk)
 
     def failed(self, error: BaseException) -> None:
@@ -200,32 +242,61 @@ class Session:
         if self.stream.accept(chunk):
             if self.first_frame_at is None:
                 self.first_frame_at = time.monotonic()
-            ms = chunk.info.get("engine_ms")
-            if ms is not None:
-                self.engine_ms.append(ms)
-                del self.engine_ms[:-256]
-            self.new_result.set()
+            if chunk.info.engine_ms is not None:
+                self.engine_ms.append(chunk.info.engine_ms)
+                del self.engine_ms[:-ENGINE_TIMES_KEPT]
+            self.signal.notify()
 
     def _on_skip(self, chunk: AudioChunk) -> None:
         if not self.closing:
             self.chunks_skipped += 1
             self.stream.skip(chunk)
+            self.signal.notify()
 
     def _on_failure(self, error: BaseException) -> None:
-        self._emit(SessionEvent("error", {"code": "engine_failed", "message": str(error)}))
+        err = (
+            error if isinstance(error, EngineError) else EngineError(f"the engine failed: {error}")
+        )
+        self._emit(SessionError(err))
         if not self.closing:
-            self._tasks.spawn(self.aclose("engine_failed"))
+            self._tasks.spawn(self.aclose(CloseReason.ENGINE_FAILED))
 
-    # -- events --------------------------------------------------------------------------------
+    # -- figures -------------------------------------------------------------------------------
 
-    def _emit_playback(self, events: list[PlaybackEvent]) -> None:
-        for e in events:
-            self._emit(
-                SessionEvent(
-                    e.kind.value,
-                    {"segment": e.segment, "position": e.position, "interrupted": e.interrupted},
-                )
-            )
+    def counters(self) -> dict[SessionCounter, float]:
+        """This session's counters, as exported in the process totals."""
+        out, inp, ing = self.stream.output.stats, self.stream.stats, self.ingest.stats
+        return {
+            SessionCounter.FRAMES_OUT: out.frames_out,
+            SessionCounter.FRAMES_REPEATED: out.frames_repeated,
+            SessionCounter.FRAMES_LATE: out.frames_late,
+            SessionCounter.FRAMES_OVERFLOW: out.frames_overflow,
+            SessionCounter.AUDIO_UNDERRUN_SAMPLES: out.audio_underrun_samples,
+            SessionCounter.INPUT_SAMPLES: inp.input_samples,
+            SessionCounter.INPUT_DROPPED_SAMPLES: inp.input_dropped_samples + ing.dropped,
+            SessionCounter.INPUT_CONCEALED_SAMPLES: ing.concealed,
+            SessionCounter.SILENCE_FILLED_SAMPLES: inp.silence_filled_samples,
+            SessionCounter.CHUNKS_SKIPPED: self.chunks_skipped,
+        }
+
+    def summary(self) -> str:
+        """One line of figures for the log at the session's end."""
+        c = self.counters()
+        shown = c[SessionCounter.FRAMES_OUT] + c[SessionCounter.FRAMES_REPEATED]
+        repeated = 100.0 * c[SessionCounter.FRAMES_REPEATED] / shown if shown else 0.0
+        ms = sorted(self.engine_ms)
+        engine = f"{ms[len(ms) // 2]:.1f} ms" if ms else "-"
+        first = (
+            f"{(self.first_frame_at - self.created) * 1000:.0f} ms"
+            if self.first_frame_at is not None
+            else "-"
+        )
+        return (
+            f"{time.monotonic() - self.created:.1f} s, {shown:.0f} frames "
+            f"({repeated:.1f}% repeated), {self.chunks_skipped} chunks skipped, "
+            f"first frame {first}, engine p50 {engine}, "
+            f"glass-to-glass ~{self.stream.config.delay_ms} ms output delay + network"
+        )
 
     def _emit(self, event: SessionEvent) -> None:
         if self._on_event is not None:

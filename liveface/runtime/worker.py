@@ -16,8 +16,9 @@ from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
 from liveface.engines.base import AudioChunk, Engine, EngineState, VideoChunk
+from liveface.errors import EngineError
 from liveface.runtime.degrade import DegradeConfig, DegradePolicy
-from liveface.runtime.metrics import Metrics
+from liveface.runtime.metrics import DropReason, Metrics, Reading
 from liveface.runtime.scheduler import Dropped, Pending, Scheduler
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ class WorkerSink(Protocol):
 
     def deliver(self, chunk: VideoChunk) -> None: ...
 
-    def skipped(self, chunk: AudioChunk, reason: str) -> None: ...
+    def skipped(self, chunk: AudioChunk, reason: DropReason) -> None: ...
 
     def failed(self, error: BaseException) -> None: ...
 
@@ -61,35 +62,11 @@ class EngineWorker:
         self._sessions: dict[Hashable, tuple[EngineState, WorkerSink]] = {}
         self._thread: threading.Thread | None = None
         self._stop = False
-        self._engine_time = metrics.summary(
-            "liveface_engine_batch_seconds", "Wall time of one engine generate call"
-        )
-        self._batch_size = metrics.summary("liveface_engine_batch_size", "Chunks per batch")
-        for reason in ("full", "late", "stale"):
-            metrics.counter(
-                f"liveface_chunks_dropped_{reason}_total",
-                f"Chunks not rendered because they were {reason} (their audio still plays)",
-            )
-        metrics.counter("liveface_chunks_rendered_total", "Chunks rendered by the engine")
         self.levels = engine.quality_levels()
         self.policy = DegradePolicy(len(self.levels), degrade)
-        metrics.gauge(
-            "liveface_quality_level",
-            "Engine quality level in use (0 is the best; higher means degraded to keep real time)",
-            lambda: float(self.policy.level),
-        )
-        metrics.gauge(
-            "liveface_quality_changes_total",
-            "Quality level changes",
-            lambda: float(self.policy.changes),
-            kind="counter",
-        )
-        metrics.gauge(
-            "liveface_engine_utilisation",
-            "Fraction of recent wall time the engine spent generating",
-            lambda: self.policy.utilisation(time.monotonic()),
-        )
-        metrics.counter("liveface_engine_errors_total", "Engine calls that raised")
+        metrics.read(Reading.QUALITY_LEVEL, lambda: float(self.policy.level))
+        metrics.read(Reading.QUALITY_CHANGES, lambda: float(self.policy.changes))
+        metrics.read(Reading.ENGINE_UTILISATION, lambda: self.policy.utilisation(time.monotonic()))
 
     # -- lifecycle (any thread) ----------------------------------------------------------------
 
@@ -165,11 +142,11 @@ class EngineWorker:
     # -- the thread ----------------------------------------------------------------------------
 
     def _report(self, dropped: list[Dropped]) -> None:
-        late = sum(d.reason == "late" for d in dropped)
+        late = sum(d.reason is DropReason.LATE for d in dropped)
         if late and threading.current_thread() is self._thread:
             self._apply(self.policy.observe_late(time.monotonic(), late))
         for d in dropped:
-            self.metrics.inc(f"liveface_chunks_dropped_{d.reason}_total")
+            self.metrics.dropped(d.reason)
             entry = self._sessions.get(d.pending.session)
             if entry is not None:
                 entry[1].skipped(d.pending.chunk, d.reason)
@@ -228,10 +205,10 @@ class EngineWorker:
         try:
             results = self.engine.generate([(state, p.chunk) for p, (state, _) in items])
         except Exception:
-            self.metrics.inc("liveface_engine_errors_total")
+            self.metrics.engine_errors.inc()
             if len(items) == 1:
                 log.exception("engine failed on a chunk of session %s", items[0][0].session)
-                items[0][1][1].failed(RuntimeError("the engine failed on this session's audio"))
+                items[0][1][1].failed(EngineError("the engine failed on this session's audio"))
                 return
             # Find the culprit(s): run each chunk alone so one session cannot end the others.
             for item in items:
@@ -239,10 +216,11 @@ class EngineWorker:
             return
         dt = time.perf_counter() - t0
         self._apply(self.policy.observe_batch(time.monotonic(), dt))
-        self._engine_time.observe(dt)
+        self.metrics.engine_batch_seconds.observe(dt)
         self._expected_s += 0.2 * (dt - self._expected_s)
-        self._batch_size.observe(len(items))
-        self.metrics.inc("liveface_chunks_rendered_total", len(items))
+        self.metrics.engine_batch_size.observe(len(items))
+        self.metrics.chunks_rendered.inc(len(items))
         for (_, (_, sink)), result in zip(items, results, strict=True):
-            result.info.setdefault("engine_ms", dt * 1000.0)
+            if result.info.engine_ms is None:
+                result.info.engine_ms = dt * 1000.0
             sink.deliver(result)

@@ -5,7 +5,6 @@ State lives in ``web.AppKey`` s and is created and torn down by a cleanup contex
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -16,12 +15,10 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from liveface.errors import AvatarError, BadInputError, CapacityError, NoFaceError
-from liveface.pipeline.image import decode_image
-from liveface.pipeline.stream import StreamConfig
-from liveface.runtime.runtime import Runtime
-from liveface.runtime.session import Session, SessionEvent, SessionOptions
+from liveface.runtime.events import CloseReason, SessionClosed, SessionEvent
+from liveface.runtime.runtime import Runtime, SessionRequest
 from liveface.runtime.tasks import TaskSet
-from liveface.signaling.webrtc import PeerSession
+from liveface.signaling.webrtc import PeerSession, check_offer
 
 log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).parent / "web"
@@ -58,9 +55,9 @@ async def errors_as_json(
         return error_response(BadInputError(f"request too large: {e.text}"), 413)
 
 
-async def _read_offer(request: web.Request) -> tuple[str, str, SessionOptions]:
-    """Parse ``{"sdp", "type", "prompt"?, "portrait"? (data URL)}`` or the same as a form."""
-    options = SessionOptions()
+async def _read_offer(request: web.Request) -> tuple[str, str, SessionRequest]:
+    """Parse ``{"sdp", "type", "prompt"?, "portrait"? (data URL), "options"?}`` or the same as a
+    multipart form. The portrait stays encoded here: it is decoded only once a slot is held."""
     fields: dict[str, Any] = {}
     if request.content_type.startswith("multipart/"):
         reader = await request.multipart()
@@ -84,13 +81,9 @@ async def _read_offer(request: web.Request) -> tuple[str, str, SessionOptions]:
     prompt = fields.get("prompt")
     if prompt is not None and not isinstance(prompt, str):
         raise BadInputError('"prompt" must be a string')
-    options.prompt = prompt
     portrait = fields.get("portrait")
-    if portrait:
-        raw = portrait.encode() if isinstance(portrait, str) else portrait
-        # A large upload takes tens of milliseconds to decode: not on the event loop.
-        loop = asyncio.get_running_loop()
-        options.portrait = await loop.run_in_executor(None, decode_image, raw)
+    if portrait is not None and not isinstance(portrait, str | bytes | bytearray):
+        raise BadInputError('"portrait" must be an image (a data URL, or a file in a form)')
     engine_options = fields.get("options") or {}
     if isinstance(engine_options, str):
         try:
@@ -99,46 +92,37 @@ async def _read_offer(request: web.Request) -> tuple[str, str, SessionOptions]:
             raise BadInputError(f'"options" is not valid JSON: {e}') from e
     if not isinstance(engine_options, dict):
         raise BadInputError('"options" must be an object')
-    options.engine_options = engine_options
-    return sdp, kind, options
+    raw = portrait.encode() if isinstance(portrait, str) else portrait
+    return sdp, kind, SessionRequest(bytes(raw) if raw else None, prompt, engine_options)
 
 
 async def offer(request: web.Request) -> web.Response:
     app = request.app
-    runtime = app[RUNTIME]
-    config, registry = runtime.config, runtime.registry
-    sdp, kind, options = await _read_offer(request)
-    if options.portrait is None:
-        options.portrait = runtime.default_portrait
-    registry.reserve()
+    runtime, tasks = app[RUNTIME], app[TASKS]
+    sdp, kind, session_request = await _read_offer(request)
+    check_offer(sdp, kind)  # before any slot or portrait work
     peer: PeerSession | None = None
 
     def on_event(event: SessionEvent) -> None:
         # A session that ends on its own (its engine failed) takes its peer connection along.
-        if event.kind == "closed" and peer is not None:
-            runtime_tasks.spawn(peer.aclose(event.data.get("reason", "session ended")))
+        if isinstance(event, SessionClosed) and peer is not None:
+            tasks.spawn(peer.aclose(event.reason))
 
-    runtime_tasks = request.app[TASKS]
-    session = Session(
-        runtime.worker, StreamConfig(delay_ms=config.delay_ms, live=True), on_event=on_event
+    def closed(p: PeerSession) -> None:
+        app[PEERS].discard(p)
+
+    session = await runtime.open_session(
+        session_request, runtime.stream_config(live=True), on_event
     )
     try:
-        await session.start(options)
-        registry.add(session)
-
-        def closed(p: PeerSession) -> None:
-            app[PEERS].discard(p)
-            registry.discard(p.session)
-
-        peer = PeerSession(session, config.audio_jitter_packets, closed)
+        peer = PeerSession(runtime, session, runtime.config.audio_jitter_packets, closed)
         app[PEERS].add(peer)
         answer = await peer.answer(sdp, kind)
     except BaseException:
         if peer is not None:
-            await peer.aclose("offer failed")
+            await peer.aclose(CloseReason.OPEN_FAILED)
         else:
-            registry.unreserve()
-            await session.aclose("offer failed")
+            await runtime.close_session(session, CloseReason.OPEN_FAILED)
         raise
     return web.json_response(
         {
@@ -195,7 +179,7 @@ def build_app(runtime: Runtime, own_runtime: bool = False) -> web.Application:
         yield
         peers: set[PeerSession] = app[PEERS]
         for peer in peers.copy():
-            await peer.aclose("server stopping")
+            await peer.aclose(CloseReason.SERVER_STOPPING)
         await app[TASKS].aclose()
         if own_runtime:
             await runtime.aclose()

@@ -1,14 +1,13 @@
-"""The outgoing WebRTC tracks: they own the clock (CONVENTIONS #1).
+"""The outgoing WebRTC tracks: thin adapters that encode what the session's pacers yield.
 
-Both tracks pace against the same session anchor: media-clock sample ``s`` is sent at
-``stream.due(s)``. Video pts are ``frame_start(n)`` in 90 kHz units and audio pts are media-clock
-samples in 48 kHz units, so the two RTP clocks and their RTCP sender reports describe one
-timeline and the receiver lines lips and voice up by construction.
+Both pacers run on the same session anchor: media-clock sample ``s`` is sent at its due time
+(:mod:`liveface.pipeline.pacer`). Video pts are ``frame_start(n)`` in 90 kHz units and audio pts are
+media-clock samples in 48 kHz units, so the two RTP clocks and their RTCP sender reports describe
+one timeline and the receiver lines lips and voice up by construction.
 """
 
 from __future__ import annotations
 
-import asyncio
 import fractions
 import time
 
@@ -16,13 +15,12 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, VideoFrame
 
+from liveface.pipeline.pacer import PacerStats
 from liveface.pipeline.resample import StreamingResampler
 from liveface.runtime.session import Session
 
 VIDEO_CLOCK = 90000
 AUDIO_BLOCK_MS = 20
-#: How far behind its schedule a track may fall before it jumps to "now" instead of bursting.
-CATCH_UP_S = 0.2
 
 
 class SendLatency:
@@ -46,56 +44,32 @@ class SendLatency:
         self._returned = time.monotonic()
 
 
-async def _wait_for_output(session: Session) -> None:
-    """Wait until the session's first result arrived (or the session ended)."""
-    out = session.stream.output
-    while out.first_buffered() is None and out.last_frame is None:
-        if session.closing:
-            raise MediaStreamError
-        session.new_result.clear()
-        await session.new_result.wait()
-
-
 class AvatarVideoTrack(MediaStreamTrack):
-    """Frames of a session at its fps; the last frame is repeated when the engine is late."""
+    """Encodes what the session's :class:`VideoPacer` yields: its frames at their due times."""
 
     kind = "video"
 
     def __init__(self, session: Session) -> None:
         super().__init__()
-        self._session = session
-        self._next: int | None = None
+        self._pacer = session.video_pacer()
+        self._rate = session.spec.sample_rate
         self._time_base = fractions.Fraction(1, VIDEO_CLOCK)
-        self.sent = 0
         self.send_latency = SendLatency()
 
+    @property
+    def stats(self) -> PacerStats:
+        return self._pacer.stats
+
     async def recv(self) -> VideoFrame:
-        if self.readyState != "live" or self._session.closing:
+        if self.readyState != "live":
             raise MediaStreamError
         self.send_latency.on_call()
-        session = self._session
-        stream, spec = session.stream, session.spec
-        out = stream.output
-        if self._next is None:
-            await _wait_for_output(session)
-            first = out.first_buffered()
-            self._next = first if first is not None else 0
-        n = self._next
-        delay = stream.frame_due(n) - self.send_latency.estimate - time.monotonic()
-        if delay < -CATCH_UP_S:
-            # Far behind (the event loop stalled): resume at the frame due now, don't burst.
-            n = spec.frame_at(max(0, stream.play_sample(time.monotonic())))
-        elif delay > 0:
-            await asyncio.sleep(delay)
-        if session.closing:
+        item = await self._pacer.next_frame(lead=self.send_latency.estimate)
+        if item is None:
             raise MediaStreamError
-        frame, _fresh = out.take_frame(n)
-        self._next = n + 1
-        assert frame is not None  # _wait_for_output guarantees a first frame
-        vf = VideoFrame.from_ndarray(frame, format="rgb24")
-        vf.pts = spec.frame_start(n) * VIDEO_CLOCK // spec.sample_rate
+        vf = VideoFrame.from_ndarray(item.frame, format="rgb24")
+        vf.pts = item.start * VIDEO_CLOCK // self._rate
         vf.time_base = self._time_base
-        self.sent += 1
         self.send_latency.on_return()
         return vf
 
@@ -115,42 +89,28 @@ class AvatarAudioTrack(MediaStreamTrack):
 
     def __init__(self, session: Session) -> None:
         super().__init__()
-        self._session = session
         rate = session.spec.sample_rate
         if self.OUT_RATE * AUDIO_BLOCK_MS % 1000 or rate * AUDIO_BLOCK_MS % 1000:
             raise ValueError(f"{AUDIO_BLOCK_MS} ms must be whole samples at {rate} Hz")
-        self._block = rate * AUDIO_BLOCK_MS // 1000
-        self._next: int | None = None
+        self._rate = rate
+        self._pacer = session.audio_pacer(rate * AUDIO_BLOCK_MS // 1000)
         self._upsampler = StreamingResampler(rate, self.OUT_RATE)
         self._time_base = fractions.Fraction(1, self.OUT_RATE)
         self.send_latency = SendLatency()
 
     async def recv(self) -> AudioFrame:
-        if self.readyState != "live" or self._session.closing:
+        if self.readyState != "live":
             raise MediaStreamError
         self.send_latency.on_call()
-        session = self._session
-        stream = session.stream
-        out = stream.output
-        if self._next is None:
-            await _wait_for_output(session)
-            self._next = out.audio_head // self._block
-        start = self._next * self._block
-        delay = stream.due(start) - self.send_latency.estimate - time.monotonic()
-        if delay < -CATCH_UP_S:
-            start = max(0, stream.play_sample(time.monotonic())) // self._block * self._block
-        elif delay > 0:
-            await asyncio.sleep(delay)
-        if session.closing:
+        block = await self._pacer.next_block(lead=self.send_latency.estimate)
+        if block is None:
             raise MediaStreamError
-        b = self._block
-        y = self._upsampler.push(out.take_audio(start, b))
-        self._next = start // b + 1
+        y = self._upsampler.push(block.samples)
         pcm = (np.clip(y, -1.0, 1.0) * 32767.0).astype(np.int16)
         stereo = np.repeat(pcm, 2).reshape(1, -1)  # packed s16: L R L R ...
         af = AudioFrame.from_ndarray(stereo, format="s16", layout="stereo")
         af.sample_rate = self.OUT_RATE
-        af.pts = start * self.OUT_RATE // session.spec.sample_rate
+        af.pts = block.start * self.OUT_RATE // self._rate
         af.time_base = self._time_base
         self.send_latency.on_return()
         return af

@@ -1,4 +1,4 @@
-"""One WebRTC peer: its RTCPeerConnection, its Session, the microphone ingest, the stats channel."""
+"""One WebRTC peer: its peer connection, its Session, the microphone adapter, the stats channel."""
 
 from __future__ import annotations
 
@@ -10,15 +10,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RtpPacket
 from av import AudioFrame
 
 from liveface.errors import BadInputError
-from liveface.pipeline.ingest import pcm_to_float
-from liveface.pipeline.resample import StreamingResampler
+from liveface.runtime.events import CloseReason
+from liveface.runtime.metrics import SessionCounter
+from liveface.runtime.runtime import Runtime
 from liveface.runtime.session import Session
 from liveface.runtime.tasks import TaskSet
 from liveface.signaling.tracks import AvatarAudioTrack, AvatarVideoTrack
@@ -87,21 +88,63 @@ def tune_audio_jitter(pc: RTCPeerConnection, hold: int) -> int:
     return count
 
 
-def offer_has_audio(sdp: str) -> bool:
-    return any(line.startswith("m=audio") for line in sdp.splitlines())
+def check_offer(sdp: str, kind: str) -> None:
+    """Refuse an offer that cannot work before anything is spent on it.
+
+    Raises:
+        BadInputError: not an offer, no audio section, or no DTLS fingerprint.
+    """
+    if kind != "offer":
+        raise BadInputError(f'"type" must be "offer" (got {kind!r})')
+    lines = sdp.splitlines()
+    if not any(line.startswith("m=audio") for line in lines):
+        raise BadInputError("the offer has no audio: send the microphone track")
+    if not any(line.startswith("a=fingerprint:") for line in lines):
+        raise BadInputError(
+            "the SDP offer has no DTLS fingerprint (a=fingerprint): not a WebRTC offer"
+        )
+
+
+class RtpClock:
+    """Unwraps 32-bit RTP timestamps into a growing sample count."""
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+        self._base = 0
+
+    def unwrap(self, ts: int) -> int:
+        if self._last is not None:
+            step = (ts - self._last) & 0xFFFFFFFF
+            if step >= 0x80000000:  # an older timestamp (reordered): step back
+                step -= 0x100000000
+            self._base += step
+        else:
+            self._base = ts
+        self._last = ts
+        return self._base
 
 
 class PeerSession:
-    """Owns a peer connection and the session behind it; ``aclose`` ends both."""
+    """Owns a peer connection and the session behind it; ``aclose`` ends both.
+
+    Args:
+        runtime: where the session was opened (and is closed).
+        session: the started session.
+        jitter_packets: audio packets the receiver holds before decoding (0: none).
+        on_closed: called once the peer and its session have ended.
+    """
 
     def __init__(
         self,
+        runtime: Runtime,
         session: Session,
         jitter_packets: int,
         on_closed: Callable[[PeerSession], None],
     ) -> None:
+        self.runtime = runtime
         self.session = session
-        self.pc = RTCPeerConnection()
+        # No ICE servers unless configured: a loopback or LAN server makes no outbound requests.
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self._jitter = jitter_packets
         self._on_closed = on_closed
         self._tasks = TaskSet()
@@ -116,10 +159,7 @@ class PeerSession:
         Raises:
             BadInputError: the SDP is not a usable offer.
         """
-        if kind != "offer":
-            raise BadInputError(f'"type" must be "offer" (got {kind!r})')
-        if not offer_has_audio(sdp):
-            raise BadInputError("the offer has no audio: send the microphone track")
+        check_offer(sdp, kind)
         pc = self.pc
         pc.on("track", self._on_track)
         pc.on("datachannel", self._on_datachannel)
@@ -145,13 +185,16 @@ class PeerSession:
             self._tasks.spawn(self._send_stats(channel))
 
     def _on_state(self) -> None:
-        if self.pc.connectionState in ("failed", "closed"):
-            self._tasks.spawn(self.aclose(f"peer {self.pc.connectionState}"))
+        state = self.pc.connectionState
+        if state in ("failed", "closed"):
+            reason = CloseReason.PEER_FAILED if state == "failed" else CloseReason.PEER_CLOSED
+            self._tasks.spawn(self.aclose(reason))
 
     async def _ingest(self, track: MediaStreamTrack) -> None:
-        """Microphone frames (48 kHz Opus, decoded) -> mono float at the engine's rate."""
-        resampler: StreamingResampler | None = None
-        rate = self.session.spec.sample_rate
+        """Microphone frames (48 kHz Opus, decoded) -> the session's ingest, placed by their RTP
+        timestamps so that a lost packet leaves a gap of its length instead of shifting the rest."""
+        session = self.session
+        clock = RtpClock()
         while True:
             try:
                 frame = await track.recv()
@@ -160,31 +203,28 @@ class PeerSession:
             if not isinstance(frame, AudioFrame):
                 continue
             self.last_audio = time.monotonic()
-            channels = len(frame.layout.channels)
-            pcm = frame.to_ndarray().reshape(-1)  # packed s16: (1, samples * channels)
-            x = pcm_to_float(pcm, "s16le", channels)
-            if resampler is None or resampler.in_rate != frame.sample_rate:
-                resampler = StreamingResampler(frame.sample_rate, rate)
-            self.session.push(resampler.push(x))
+            pts = None if frame.pts is None else clock.unwrap(int(frame.pts))
+            session.push(session.ingest.push_frame(frame, pts))
 
     async def _watchdog(self) -> None:
         while not self._closing:
             await asyncio.sleep(1.0)
             if time.monotonic() - self.last_audio > PEER_SILENT_TIMEOUT_S:
-                self._tasks.spawn(self.aclose("peer silent"))
+                self._tasks.spawn(self.aclose(CloseReason.PEER_SILENT))
                 return
 
     async def _send_stats(self, channel: Any) -> None:
         session = self.session
-        last_sent, last_t = self.video.sent, time.monotonic()
+        last_sent, last_t = self.video.stats.sent, time.monotonic()
         while channel.readyState != "closed" and not self._closing:
             await asyncio.sleep(STATS_INTERVAL_S)
             if channel.readyState != "open":
                 continue
             now = time.monotonic()
-            fps = (self.video.sent - last_sent) / (now - last_t)
-            last_sent, last_t = self.video.sent, now
-            stats = session.stream.output.stats
+            sent = self.video.stats.sent
+            fps = (sent - last_sent) / (now - last_t)
+            last_sent, last_t = sent, now
+            counters = session.counters()
             engine_ms = sorted(session.engine_ms)
             channel.send(
                 json.dumps(
@@ -192,20 +232,19 @@ class PeerSession:
                         "fps": round(fps, 1),
                         "server_delay_ms": session.stream.config.delay_ms,
                         "engine_ms_p50": engine_ms[len(engine_ms) // 2] if engine_ms else None,
-                        "frames_repeated": stats.frames_repeated,
-                        "frames_late": stats.frames_late,
+                        "frames_repeated": counters[SessionCounter.FRAMES_REPEATED],
+                        "frames_late": counters[SessionCounter.FRAMES_LATE],
                         "chunks_skipped": session.chunks_skipped,
                     }
                 )
             )
 
-    async def aclose(self, reason: str = "closed") -> None:
+    async def aclose(self, reason: CloseReason = CloseReason.PEER_CLOSED) -> None:
         if self._closing:
             return
         self._closing = True
-        log.info("session %s ending: %s", self.session.id, reason)
         self._tasks.cancel()
-        await self.session.aclose(reason)
+        await self.runtime.close_session(self.session, reason)
         with contextlib.suppress(Exception):
             await self.pc.close()
         await self._tasks.aclose()

@@ -3,9 +3,9 @@
 Three tasks per session, all owned by the :class:`SessionLink` and cancelled in ``stop()``:
 
 - the *ingest* task applies the client's requests (audio, segment_end, clear) in arrival order
-  from a bounded queue, decoding and resampling audio (in the executor when the block is large);
-- the *pacer* pulls frame ``n`` and the audio it animates from the session's output buffer at the
-  frame's due time on the media clock, like the WebRTC video track, and queues it;
+  from a bounded queue, through the session's ingest (in the executor when the block is large);
+- the *pacer* task queues what the session's video pacer yields: frame ``n`` with the audio it
+  animates, at the frame's due time on the media clock;
 - the *sender* encodes queued frames (JPEG in the executor) and writes them with non-blocking
   sends. The frame queue is bounded and drops its oldest frame when full; a frame the socket
   refuses (the client's high-water mark is reached) is dropped as soon as a newer one waits.
@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -28,8 +27,7 @@ from typing import Any
 import numpy as np
 
 from liveface.errors import AvatarError
-from liveface.pipeline.ingest import pcm_to_float
-from liveface.pipeline.resample import StreamingResampler
+from liveface.pipeline.pacer import PacedFrame
 from liveface.protocol.messages import (
     ErrorCode,
     Message,
@@ -38,13 +36,19 @@ from liveface.protocol.messages import (
     encode,
     error_header,
 )
-from liveface.runtime.session import Session, SessionEvent
+from liveface.runtime.events import (
+    CloseReason,
+    PlaybackEvent,
+    PlaybackKind,
+    SessionClosed,
+    SessionError,
+    SessionEvent,
+)
+from liveface.runtime.session import Session
 from liveface.runtime.tasks import TaskSet
 
 log = logging.getLogger(__name__)
 
-#: Pacer: how far behind its schedule it may fall before it jumps to "now" instead of bursting.
-CATCH_UP_S = 0.2
 #: Sender: how long to wait before retrying a send the client's high-water mark refused.
 RETRY_S = 0.005
 #: Audio payloads up to this size are decoded on the loop; larger ones in the executor.
@@ -70,17 +74,7 @@ class LinkStats:
     frames_sent: int = 0
     frames_dropped: int = 0  # slow consumer: queue overflow, refused by the high-water mark
     frames_unreachable: int = 0  # the client was not connected
-    frames_repeated: int = 0  # the engine was late: the last frame was sent again
-    frames_skipped: int = 0  # the pacer fell far behind (a stalled loop) and jumped ahead
     control_dropped: int = 0  # replies/events dropped because the backlog was full
-
-
-@dataclass
-class _OutFrame:
-    index: int
-    frame: np.ndarray  # uint8 (height, width, 3)
-    fresh: bool
-    audio: np.ndarray  # float32 (samples,)
 
 
 def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
@@ -114,7 +108,7 @@ class SessionLink:
         session: Session,
         send: Send,
         executor: Executor,
-        on_closed: Callable[[SessionLink, str], None],
+        on_closed: Callable[[SessionLink, CloseReason], None],
         output_format: OutputFormat = OutputFormat.RGB,
         jpeg_quality: int = 85,
         frame_queue: int = 8,
@@ -129,14 +123,14 @@ class SessionLink:
         self._executor = executor
         self._on_closed = on_closed
         self._quality = jpeg_quality
-        self._frames: deque[_OutFrame] = deque()
+        self._frames: deque[PacedFrame] = deque()
         self._frame_limit = max(1, frame_queue)
         self._control: deque[list[Any]] = deque()
         self._control_limit = max(1, control_queue)
         self._inbox: asyncio.Queue[Message] = asyncio.Queue(maxsize=max(1, inbox))
         self._wake = asyncio.Event()
         self._tasks = TaskSet(on_error=self._task_failed)
-        self._resampler: StreamingResampler | None = None
+        self._pacer = session.video_pacer(with_audio=True)
         self._jpeg_cache: tuple[np.ndarray | None, bytes] = (None, b"")
         self.ending = False
 
@@ -149,7 +143,7 @@ class SessionLink:
     def _task_failed(self, error: BaseException) -> None:
         log.error("session %s link task failed", self.id)
         if not self.ending:
-            self._on_closed(self, "internal_error")
+            self._on_closed(self, CloseReason.INTERNAL_ERROR)
 
     async def stop(self) -> None:
         """Cancel the link's tasks and try once more to send what replies/events are waiting."""
@@ -184,28 +178,23 @@ class SessionLink:
 
     def on_event(self, event: SessionEvent) -> None:
         """The session's playback events and errors, forwarded to the client."""
-        data = event.data
-        if event.kind == "playback_started":
-            self.control(MsgType.PLAYBACK_STARTED, {"session": self.id, "segment": data["segment"]})
-        elif event.kind == "playback_finished":
-            self.control(
-                MsgType.PLAYBACK_FINISHED,
-                {
+        if isinstance(event, PlaybackEvent):
+            if event.kind is PlaybackKind.STARTED:
+                self.control(
+                    MsgType.PLAYBACK_STARTED, {"session": self.id, "segment": event.segment}
+                )
+            else:
+                header = {
                     "session": self.id,
-                    "segment": data["segment"],
-                    "position": float(data["position"]),
-                    "interrupted": bool(data["interrupted"]),
-                },
-            )
-        elif event.kind == "error":
-            self.control(
-                MsgType.ERROR,
-                error_header(
-                    str(data.get("code", "error")), str(data.get("message", "")), session=self.id
-                ),
-            )
-        elif event.kind == "closed" and not self.ending:
-            self._on_closed(self, str(data.get("reason", "closed")))
+                    "segment": event.segment,
+                    "position": float(event.position),
+                    "interrupted": bool(event.interrupted),
+                }
+                self.control(MsgType.PLAYBACK_FINISHED, header)
+        elif isinstance(event, SessionError):
+            self.error(event.error, None)
+        elif isinstance(event, SessionClosed) and not self.ending:
+            self._on_closed(self, event.reason)
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -245,78 +234,32 @@ class SessionLink:
             data = bytes(msg.payloads[0])
             h = msg.header
             args = (data, h["format"], h.get("channels", 1), h["rate"])
-            resampler = self._resampler
-            # A new rate builds a new filter (and may load soxr): never on the loop.
-            same_rate = resampler is not None and resampler.in_rate == h["rate"]
-            if same_rate and len(data) <= INLINE_AUDIO_BYTES:
-                x = self._decode_audio(*args)
+            # A new rate designs a new filter: never on the loop; nor a large block.
+            if session.ingest.in_rate == h["rate"] and len(data) <= INLINE_AUDIO_BYTES:
+                x = session.ingest.push_pcm(*args)
             else:
                 loop = asyncio.get_running_loop()
-                x = await loop.run_in_executor(self._executor, self._decode_audio, *args)
-            accepted = session.push(x) if x.shape[0] else 0
+                x = await loop.run_in_executor(self._executor, session.ingest.push_pcm, *args)
+            accepted = session.push(x)
             ack["accepted"] = accepted
             ack["dropped"] = int(x.shape[0]) - accepted
         elif msg.type is MsgType.SEGMENT_END:
-            # The resampler holds a few ms of filter state: flush it so the segment plays whole.
-            if self._resampler is not None:
-                tail = self._resampler.push(np.zeros(0, np.float32), last=True)
-                self._resampler = None
-                if tail.shape[0]:
-                    session.push(tail)
             ack["segment"] = session.end_segment()
         elif msg.type is MsgType.CLEAR:
             session.clear()
-        ack["queued_s"] = session.stream.pending_samples() / session.spec.sample_rate
+        ack["queued_s"] = session.pending_seconds()
         return ack
-
-    def _decode_audio(self, data: bytes, fmt: str, channels: int, rate: int) -> np.ndarray:
-        """PCM bytes -> mono float32 at the engine's rate; raises AudioFormatError."""
-        x = pcm_to_float(data, fmt, channels)
-        old = self._resampler
-        head = np.zeros(0, np.float32)
-        if old is None or old.in_rate != rate:
-            new = StreamingResampler(rate, self.session.spec.sample_rate)  # raises for a bad rate
-            if old is not None:  # the rate changed: keep the old filter's tail
-                head = old.push(np.zeros(0, np.float32), last=True)
-            self._resampler = old = new
-        y = old.push(x)
-        return np.concatenate([head, y]) if head.shape[0] else y
 
     # -- frames out ----------------------------------------------------------------------------
 
     async def _pace(self) -> None:
-        """Take frame n and its audio at the frame's due time (the media clock owns the pace)."""
-        session = self.session
-        stream, spec = session.stream, session.spec
-        out = stream.output
-        while out.first_buffered() is None and out.last_frame is None:
-            session.new_result.clear()
-            await session.new_result.wait()
-        first = out.first_buffered()
-        n = first if first is not None else 0
-        while True:
-            now = time.monotonic()
-            delay = stream.frame_due(n) - now
-            if delay < -CATCH_UP_S:
-                # Far behind (the loop stalled): resume at the frame due now, don't burst.
-                m = spec.frame_at(max(0, stream.play_sample(now)))
-                if m > n:
-                    self.stats.frames_skipped += m - n
-                    n = m
-            elif delay > 0:
-                await asyncio.sleep(delay)
-            frame, fresh = out.take_frame(n)
-            start = spec.frame_start(n)
-            audio = out.take_audio(start, spec.frame_start(n + 1) - start)
-            if frame is not None:
-                if not fresh:
-                    self.stats.frames_repeated += 1
-                if len(self._frames) >= self._frame_limit:
-                    self._frames.popleft()
-                    self.stats.frames_dropped += 1
-                self._frames.append(_OutFrame(n, frame, fresh, audio))
-                self._wake.set()
-            n += 1
+        """Queue what the session's pacer yields (the media clock owns the pace)."""
+        while (item := await self._pacer.next_frame()) is not None:
+            if len(self._frames) >= self._frame_limit:
+                self._frames.popleft()
+                self.stats.frames_dropped += 1
+            self._frames.append(item)
+            self._wake.set()
 
     async def _send_loop(self) -> None:
         while True:
@@ -345,7 +288,7 @@ class SessionLink:
                 return
             await asyncio.sleep(RETRY_S)
 
-    async def _encode(self, item: _OutFrame) -> list[Any]:
+    async def _encode(self, item: PacedFrame) -> list[Any]:
         spec = self.session.spec
         frame = item.frame
         if self.format is OutputFormat.JPEG:
@@ -365,7 +308,7 @@ class SessionLink:
         header = {
             "session": self.id,
             "index": item.index,
-            "pts": spec.frame_start(item.index),
+            "pts": item.start,
             "rate": spec.sample_rate,
             "samples": int(item.audio.shape[0]),
             "width": int(frame.shape[1]),
@@ -377,12 +320,12 @@ class SessionLink:
         audio = np.ascontiguousarray(item.audio, dtype="<f4")
         return encode(MsgType.FRAME, header, image, audio)
 
-    def closed_header(self, reason: str) -> dict[str, Any]:
+    def closed_header(self, reason: CloseReason) -> dict[str, Any]:
         s = self.stats
         return {
             "session": self.id,
-            "reason": reason,
+            "reason": reason.value,
             "frames_sent": s.frames_sent,
             "frames_dropped": s.frames_dropped + s.frames_unreachable,
-            "frames_repeated": s.frames_repeated,
+            "frames_repeated": self._pacer.stats.repeated,
         }

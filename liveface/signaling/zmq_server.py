@@ -22,8 +22,6 @@ import zmq
 import zmq.asyncio
 
 from liveface.errors import AvatarError, ConfigError
-from liveface.pipeline.image import decode_image
-from liveface.pipeline.stream import StreamConfig
 from liveface.protocol.curve import CurveServer
 from liveface.protocol.messages import (
     ErrorCode,
@@ -36,8 +34,9 @@ from liveface.protocol.messages import (
     encode,
     error_header,
 )
-from liveface.runtime.runtime import Runtime
-from liveface.runtime.session import Session, SessionEvent, SessionOptions
+from liveface.runtime.events import CloseReason, SessionEvent
+from liveface.runtime.metrics import Reading
+from liveface.runtime.runtime import Runtime, SessionRequest
 from liveface.signaling.zmq_clients import ClientRecord, ClientTable, user_id
 from liveface.signaling.zmq_link import SendResult, SessionLink
 from liveface.signaling.zmq_options import ZmqOptions
@@ -82,21 +81,8 @@ class ZmqServer:
         self._enders: set[asyncio.Task[Any]] = set()
         self._closing = False
         self._dropped_closed = 0.0
-        m = runtime.metrics
-        m.counter("liveface_zmq_messages_total", "ZeroMQ messages received")
-        m.counter("liveface_zmq_bad_messages_total", "ZeroMQ messages refused as malformed")
-        m.counter("liveface_zmq_clients_timed_out_total", "ZeroMQ clients gone silent")
-        m.gauge(
-            "liveface_zmq_clients",
-            "ZeroMQ clients seen recently",
-            lambda: float(len(self._clients)),
-        )
-        m.gauge(
-            "liveface_zmq_frames_dropped_total",
-            "Frames dropped because a ZeroMQ client read too slowly",
-            self._dropped_total,
-            kind="counter",
-        )
+        runtime.metrics.read(Reading.ZMQ_CLIENTS, lambda: float(len(self._clients)))
+        runtime.metrics.read(Reading.ZMQ_FRAMES_DROPPED, self._dropped_total)
 
     def _dropped_total(self) -> float:
         return self._dropped_closed + sum(
@@ -152,7 +138,8 @@ class ZmqServer:
                 await t
         links = list(self._clients.links())
         await asyncio.gather(
-            *(self._end(link, "server_stopping") for link in links), return_exceptions=True
+            *(self._end(link, CloseReason.SERVER_STOPPING) for link in links),
+            return_exceptions=True,
         )
         await asyncio.gather(*list(self._enders), return_exceptions=True)
         self._clients.clear()
@@ -220,13 +207,13 @@ class ZmqServer:
                 log.exception("ZeroMQ message handling failed")
 
     def _on_message(self, frames: list[zmq.Frame]) -> None:
-        self.runtime.metrics.inc("liveface_zmq_messages_total")
+        self.runtime.metrics.zmq_messages.inc()
         user = user_id(frames[1]) if self._curve is not None and len(frames) > 1 else ""
         client = self._clients.seen(frames[0].bytes, user)
         try:
             msg = decode(frames[1:], self._limits, requests=True)
         except ProtocolError as e:
-            self.runtime.metrics.inc("liveface_zmq_bad_messages_total")
+            self.runtime.metrics.zmq_bad_messages.inc()
             self._error(client, e, e.req)
             return
         if msg.type is MsgType.PING:
@@ -247,7 +234,7 @@ class ZmqServer:
             err = ProtocolError(ErrorCode.UNKNOWN_SESSION, f"no session {sid} for this client")
             self._error(client, err, msg.req, sid)
         elif msg.type is MsgType.CLOSE:
-            self._spawn(self._end(link, "client_closed", msg.req), self._enders)
+            self._spawn(self._end(link, CloseReason.CLIENT_CLOSED, msg.req), self._enders)
         elif not link.submit(msg):
             err = ProtocolError(
                 ErrorCode.BUSY,
@@ -288,30 +275,19 @@ class ZmqServer:
 
     async def _open_link(self, client: ClientRecord, msg: Message) -> SessionLink:
         rt, opts, h = self.runtime, self.options, msg.header
-        portrait = rt.default_portrait
-        if msg.payloads:
-            loop = asyncio.get_running_loop()
-            portrait = await loop.run_in_executor(
-                self._executor, decode_image, bytes(msg.payloads[0])
-            )
-        rt.registry.reserve()
         links: list[SessionLink] = []
 
         def on_event(event: SessionEvent) -> None:
             if links:
                 links[0].on_event(event)
 
-        stream = StreamConfig(
-            live=False, delay_ms=rt.config.delay_ms, max_pending_s=opts.max_queued_s
+        request = SessionRequest(
+            bytes(msg.payloads[0]) if msg.payloads else None,
+            h.get("prompt"),
+            h.get("options") or {},
         )
-        session = Session(rt.worker, stream, on_event=on_event)
-        try:
-            await session.start(SessionOptions(portrait, h.get("prompt"), h.get("options") or {}))
-        except BaseException:
-            rt.registry.unreserve()
-            await session.aclose("open_failed")
-            raise
-        rt.registry.add(session)
+        stream = rt.stream_config(live=False, max_pending_s=opts.max_queued_s)
+        session = await rt.open_session(request, stream, on_event)
         identity = client.identity
         link = SessionLink(
             session,
@@ -328,17 +304,18 @@ class ZmqServer:
         self._clients.attach(client, link)
         if self._closing or not self._clients.is_current(client):
             # The server began stopping, or the client timed out, while the portrait was prepared.
-            await self._end(link, "server_stopping" if self._closing else "client_timeout")
+            reason = CloseReason.SERVER_STOPPING if self._closing else CloseReason.CLIENT_TIMEOUT
+            await self._end(link, reason)
             raise ProtocolError(ErrorCode.INTERNAL, "the session ended while it was opening")
         session.start_clock()
         return link
 
-    def _link_closed(self, link: SessionLink, reason: str) -> None:
+    def _link_closed(self, link: SessionLink, reason: CloseReason) -> None:
         """The session ended by itself (engine or link failure): tidy up, tell the client."""
         if not link.ending:
             self._spawn(self._end(link, reason), self._enders)
 
-    async def _end(self, link: SessionLink, reason: str, req: int | None = None) -> None:
+    async def _end(self, link: SessionLink, reason: CloseReason, req: int | None = None) -> None:
         """End a session: stop its link, close it, free its slot, send ``CLOSED``."""
         if link.ending:
             return
@@ -346,11 +323,9 @@ class ZmqServer:
         client = self._clients.detach(link)
         try:
             await link.stop()
-            await link.session.aclose(reason)
+            await self.runtime.close_session(link.session, reason)
         finally:
-            self.runtime.registry.discard(link.session)
             self._dropped_closed += link.stats.frames_dropped
-        log.info("ZeroMQ session %s ended: %s", link.id, reason)
         if client is not None:
             header = link.closed_header(reason)
             if req is not None:
@@ -364,11 +339,11 @@ class ZmqServer:
             await asyncio.sleep(min(1.0, timeout / 4))
             for client in self._clients.silent(timeout):
                 if client.links:
-                    self.runtime.metrics.inc("liveface_zmq_clients_timed_out_total")
+                    self.runtime.metrics.zmq_clients_timed_out.inc()
                     log.info(
                         "ZeroMQ client silent for %.0f s: ending %d session(s)",
                         timeout,
                         len(client.links),
                     )
                 for link in list(client.links.values()):
-                    self._spawn(self._end(link, "client_timeout"), self._enders)
+                    self._spawn(self._end(link, CloseReason.CLIENT_TIMEOUT), self._enders)

@@ -5,6 +5,7 @@ import asyncio
 import itertools
 
 from liveface.runtime.degrade import DegradeConfig, DegradePolicy
+from liveface.runtime.events import CloseReason
 from liveface.runtime.metrics import Metrics
 from liveface.runtime.worker import EngineWorker
 from tests.doubles import PatternEngine
@@ -78,14 +79,15 @@ async def test_worker_degrades_instead_of_stalling():
     worker.start()
     (s,) = await open_sessions(worker, 1)
     await feed_realtime([s], 2.5)
-    late_before = metrics.value("liveface_chunks_dropped_late_total")
+    late_before = metrics.sample("liveface_chunks_dropped_total", reason="late")
     assert engine.levels_seen[:1] == [1]
-    rendered = metrics.value("liveface_chunks_rendered_total")
+    rendered = metrics.sample("liveface_chunks_rendered_total")
     await feed_realtime([s], 1.0)
     # Once degraded, it keeps up: chunks are rendered, none dropped late any more.
-    assert metrics.value("liveface_chunks_rendered_total") - rendered >= 10
-    assert metrics.value("liveface_chunks_dropped_late_total") == late_before
-    assert "liveface_quality_level 1" in metrics.render()
-    await s.aclose()
+    assert metrics.sample("liveface_chunks_rendered_total") - rendered >= 10
+    assert metrics.sample("liveface_chunks_dropped_total", reason="late") == late_before
+    assert metrics.sample("liveface_quality_level") == 1
+    assert "liveface_quality_level 1.0" in metrics.render()
+    await s.aclose(CloseReason.CLIENT_CLOSED)
     worker.stop()
     await asyncio.sleep(0)

@@ -1,6 +1,7 @@
 import numpy as np
 
 from liveface.engines.base import AudioChunk
+from liveface.runtime.metrics import DropReason
 from liveface.runtime.scheduler import Pending, Scheduler
 
 
@@ -48,10 +49,10 @@ def test_full_queue_drops_oldest_and_late_chunks_are_skipped():
     assert s.submit(pending("a", 0, 1.0)) == []
     assert s.submit(pending("a", 1, 1.04)) == []
     (d,) = s.submit(pending("a", 2, 1.08))
-    assert d.reason == "full"
+    assert d.reason is DropReason.FULL
     assert d.pending.chunk.index == 0
     batch, dropped = s.schedule(1.1, frame_time)  # chunk 1's frame ended at 1.08: late
-    assert [p.reason for p in dropped] == ["late"]
+    assert [p.reason for p in dropped] == [DropReason.LATE]
     assert [p.chunk.index for p in batch] == [2]
 
 
@@ -62,9 +63,9 @@ def test_new_epoch_drops_stale_chunks():
     s.submit(pending("a", 1, 5.0))
     stale = s.set_epoch("a", 1)
     assert len(stale) == 2
-    assert all(d.reason == "stale" for d in stale)
+    assert all(d.reason is DropReason.STALE for d in stale)
     (d,) = s.submit(pending("a", 2, 5.0, epoch=0))
-    assert d.reason == "stale"
+    assert d.reason is DropReason.STALE
     assert s.submit(pending("a", 3, 5.0, epoch=1)) == []
 
 

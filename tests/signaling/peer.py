@@ -8,7 +8,7 @@ import time
 
 import aiohttp
 import numpy as np
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 
@@ -51,7 +51,7 @@ class Client:
 
     def __init__(self, base_url: str, signal: np.ndarray) -> None:
         self.base_url = base_url
-        self.pc = RTCPeerConnection()
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # loopback: no STUN
         self.mic = SignalTrack(signal)
         self.video: list[tuple[float, int, np.ndarray]] = []  # (arrival, pts, rgb)
         self.audio: list[tuple[float, int, np.ndarray]] = []

@@ -26,7 +26,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from liveface.engines.base import AudioChunk, Engine, EngineSpec, EngineState, VideoChunk
+from liveface.engines.base import (
+    AudioChunk,
+    ChunkInfo,
+    Engine,
+    EngineSpec,
+    EngineState,
+    VideoChunk,
+)
 from liveface.engines.diffusion.audio.conditioner import AudioConditioner, AudioPlan
 from liveface.engines.diffusion.backends.batching import group_by
 from liveface.engines.diffusion.backends.compiled import CompileConfig, CompiledStep
@@ -299,11 +306,13 @@ class DiffusionEngine(Engine):
         for i, (state, chunk, plan) in enumerate(plans):
             out = outputs[i]
             state.chunks += 1
-            info = {f"{name}_ms": ms for name, ms in profile.parts.items()}
-            info["generate_ms"] = elapsed
-            info["latent_frames"] = float(plan.latents)
-            if out.corrected is not None:
-                info["codebook_corrected"] = float(out.corrected)
+            info = ChunkInfo(
+                generate_ms=elapsed,
+                stages_ms={part.value: ms for part, ms in profile.parts.items()},
+                steps_ms=list(profile.steps),
+                latent_frames=plan.latents,
+                codebook_corrected=None if out.corrected is None else float(out.corrected),
+            )
             results.append(
                 VideoChunk(
                     frames=out.frames,

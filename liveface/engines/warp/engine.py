@@ -8,7 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from liveface.engines.base import AudioChunk, Engine, EngineSpec, EngineState, VideoChunk
+from liveface.engines.base import (
+    AudioChunk,
+    ChunkInfo,
+    Engine,
+    EngineSpec,
+    EngineState,
+    VideoChunk,
+)
 from liveface.engines.warp import landmarks as L
 from liveface.engines.warp.config import SAMPLE_RATE, WarpConfig
 from liveface.engines.warp.face import align_face, default_portrait, detect_landmarks, to_rgb_uint8
@@ -139,7 +146,6 @@ class WarpEngine(Engine):
         frames = np.empty((n, height, width, 3), np.uint8)
         window = np.asarray(chunk.window, dtype=np.float32).reshape(-1)
         base = chunk.context - chunk.start
-        parting = 0.0
         for i in range(n):
             f = chunk.first_frame + i
             lo = max(0, base + spec.frame_start(f))
@@ -149,7 +155,7 @@ class WarpEngine(Engine):
             t = (f + 0.5) / spec.fps  # media time of the frame's centre
             blink = state.blinks.amount(t)
             pose = state.sway.pose(t, state.mouth.talk) if state.head_motion else None
-            parting = max(parting, state.renderer.render(shape, blink, pose, frames[i]))
+            state.renderer.render(shape, blink, pose, frames[i])
         audio = _chunk_audio(chunk)
         return VideoChunk(
             frames=frames,
@@ -158,11 +164,7 @@ class WarpEngine(Engine):
             audio=audio,
             voiced=chunk.voiced,
             epoch=chunk.epoch,
-            info={
-                "engine_ms": (time.perf_counter() - t0) * 1000.0,
-                "mouth_open": float(state.mouth.shape[0]),
-                "lip_parting_px": parting,
-            },
+            info=ChunkInfo(engine_ms=(time.perf_counter() - t0) * 1000.0),
         )
 
     def describe(self, state: EngineState) -> dict[str, Any]:

@@ -62,8 +62,10 @@ def test_spec_and_a_session_through_the_contract(engine):
     assert chunks[1].start == spec.frame_start(1)
     samples = signal[spec.frame_start(9) : spec.frame_start(17)]
     np.testing.assert_array_equal(chunks[2].audio, samples)
-    assert chunks[2].info["codebook_corrected"] >= 0
-    assert chunks[2].info["latent_frames"] == 2
+    # Random weights drift every latent cell far from the portrait's codebook: all 8x8 cells of
+    # each new latent frame are pulled back (1 latent frame, then 2 per chunk).
+    assert [c.info.codebook_corrected for c in chunks] == [64.0, 128.0, 128.0]
+    assert chunks[2].info.latent_frames == 2
     assert chunks[2].frames.std() > 0  # random weights, but not a blank frame
     engine.close(state)
     assert state.closed

@@ -69,7 +69,8 @@ def test_video_chunk_fields(engine, still_state):
     np.testing.assert_array_equal(video.audio, chunk.samples)
     assert video.audio.dtype == np.float32
     assert not np.shares_memory(video.audio, chunk.window)
-    assert video.info["engine_ms"] > 0
+    assert video.info.engine_ms is not None
+    assert video.info.engine_ms > 0
 
 
 def test_speech_opens_the_mouth(engine, still_state):

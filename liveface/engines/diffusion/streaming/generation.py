@@ -23,6 +23,7 @@ the CPU everything runs in order, with the same results.
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +63,16 @@ MAX_COMPILED_SHAPES = 8
 Item = tuple[DiffusionState, AudioChunk, ChunkPlan]
 
 
+class Part(enum.Enum):
+    """The parts of a batch that :class:`Profile` times."""
+
+    AUDIO = "audio"
+    CONDITION = "condition"
+    STEP = "step"  # each denoising step, kept apart in ``Profile.steps``
+    CODEBOOK = "codebook"
+    DECODE = "decode"
+
+
 @dataclass
 class Profile:
     """Wall time of a batch's parts in ms; with ``enabled`` each part ends with a device sync
@@ -69,16 +80,22 @@ class Profile:
 
     enabled: bool
     device: torch.device
-    parts: dict[str, float] = field(default_factory=dict)
+    parts: dict[Part, float] = field(default_factory=dict)
+    steps: list[float] = field(default_factory=list)
     _last: float = field(default_factory=time.perf_counter)
 
-    def mark(self, name: str) -> None:
+    def mark(self, part: Part, step: int | None = None) -> None:
+        """The part ``part`` (denoising step ``step``) ends now."""
         if not self.enabled:
             return
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         now = time.perf_counter()
-        self.parts[name] = self.parts.get(name, 0.0) + (now - self._last) * 1000.0
+        ms = (now - self._last) * 1000.0
+        self.parts[part] = self.parts.get(part, 0.0) + ms
+        if step is not None:
+            self.steps.extend([0.0] * (step + 1 - len(self.steps)))
+            self.steps[step] += ms
         self._last = now
 
 
@@ -227,7 +244,7 @@ class ChunkGenerator:
     def _audio(self, items: Sequence[Item], profile: Profile) -> torch.Tensor:
         with self.streams.run(Stage.AUDIO):
             tokens = self.audio.tokens([c for _, c, _ in items], items[0][2].latents)
-        profile.mark("audio")
+        profile.mark(Part.AUDIO)
         return tokens
 
     def _denoise(self, job: _Group, tokens: torch.Tensor, profile: Profile) -> torch.Tensor:
@@ -238,7 +255,7 @@ class ChunkGenerator:
         audio = AudioTokens(tokens=tokens, first_frame=0)
         text = stack_text([s.held.text for s in states])
         prefix = self.condition(states, text)
-        profile.mark("condition")
+        profile.mark(Part.CONDITION)
         rope = self.new_rope(k)
 
         def denoise(x: torch.Tensor, t: torch.Tensor, a: AudioTokens = audio) -> torch.Tensor:
@@ -255,7 +272,7 @@ class ChunkGenerator:
         shape = (layout.channels, k, layout.height, layout.width)
         latents = self.sampler.sample(
             denoise, shape, generators, device=self.device, uncond=uncond,
-            on_step=lambda i: profile.mark(f"step{i}"),
+            on_step=lambda i: profile.mark(Part.STEP, i),
         )  # fmt: skip
         corrected = self._correct_and_remember(states, latents)
         job.counted = [i for i, c in enumerate(corrected) if c is not None]
@@ -266,7 +283,7 @@ class ChunkGenerator:
             job.counts = copy_to_host(
                 self.streams, counts, self.pool, after=self.streams.record(Stage.DENOISE)
             )
-        profile.mark("codebook")
+        profile.mark(Part.CODEBOOK)
         return latents
 
     def _correct_and_remember(
@@ -315,7 +332,7 @@ class ChunkGenerator:
         ordered = [frames[i] for i in range(len(items))]
         job.shapes = [tuple(f.shape) for f in ordered]
         packed = torch.cat([f.reshape(-1) for f in ordered])
-        profile.mark("decode")
+        profile.mark(Part.DECODE)
         return packed
 
     @staticmethod
