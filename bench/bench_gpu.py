@@ -354,13 +354,14 @@ def bench_tensorrt(
         return []
     from liveface.engines.diffusion.backends import onnx_export as ox
     from liveface.engines.diffusion.backends import tensorrt as trt
+    from liveface.engines.diffusion.backends.onnx_checks import demote_float64
 
     x, t, text, rope, audio, prefix = inputs
     feeds = {"latents": x, "timesteps": t, "text_kv": ox.stack_text_kv(text),
              "prefix_kv": ox.stack_kv(prefix.kv), "audio_tokens": audio.tokens}  # fmt: skip
     out = Path(tempfile.mkdtemp(prefix="liveface-trt-"))
     graph = ox.export_dit_step(dit, out / "dit.onnx", feeds, positions=rope, with_prefix=True)
-    ox.demote_float64(graph.path, out / "dit32.onnx")
+    demote_float64(graph.path, out / "dit32.onnx")
     plan = trt.build_engine(out / "dit32.onnx", out / "dit.plan", trt.TrtBuildConfig())
     runner = trt.TrtRunner(plan, device=x.device)
     ms = timed(lambda: runner.run(feeds), x.device, args.runs)

@@ -49,6 +49,12 @@ class TaskSet:
             t.cancel()
         return tasks
 
+    async def wait(self) -> None:
+        """Wait until every task (and any they spawn meanwhile) has ended, cancelling none."""
+        current = asyncio.current_task()
+        while tasks := [t for t in self._tasks if t is not current]:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     async def aclose(self) -> None:
         """Cancel every task but the caller's own and wait until they have ended."""
         for t in self.cancel():

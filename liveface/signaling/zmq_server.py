@@ -12,9 +12,7 @@ of being dropped silently or stalling the loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -37,6 +35,7 @@ from liveface.protocol.messages import (
 from liveface.runtime.events import CloseReason, SessionEvent
 from liveface.runtime.metrics import Reading
 from liveface.runtime.runtime import Runtime, SessionRequest
+from liveface.runtime.tasks import TaskSet
 from liveface.signaling.zmq_clients import ClientRecord, ClientTable, user_id
 from liveface.signaling.zmq_link import SendResult, SessionLink
 from liveface.signaling.zmq_options import ZmqOptions
@@ -77,8 +76,8 @@ class ZmqServer:
         self._curve: CurveServer | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._clients = ClientTable()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._enders: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet()  # the receive and reaper loops, and openings
+        self._enders = TaskSet()  # sessions being ended: awaited, never cancelled
         self._closing = False
         self._dropped_closed = 0.0
         runtime.metrics.read(Reading.ZMQ_CLIENTS, lambda: float(len(self._clients)))
@@ -124,24 +123,19 @@ class ZmqServer:
                 self.address,
             )
         self._executor = ThreadPoolExecutor(opts.encode_threads, thread_name_prefix="zmq-encode")
-        self._spawn(self._recv_loop())
-        self._spawn(self._reaper())
+        self._tasks.spawn(self._recv_loop())
+        self._tasks.spawn(self._reaper())
 
     async def aclose(self) -> None:
         """End every session, stop the tasks, close the socket. Idempotent."""
         self._closing = True
-        tasks = list(self._tasks)
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await self._tasks.aclose()
         links = list(self._clients.links())
         await asyncio.gather(
             *(self._end(link, CloseReason.SERVER_STOPPING) for link in links),
             return_exceptions=True,
         )
-        await asyncio.gather(*list(self._enders), return_exceptions=True)
+        await self._enders.wait()
         self._clients.clear()
         if self._sock is not None:
             self._sock.close(linger=0)
@@ -154,14 +148,6 @@ class ZmqServer:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
-
-    def _spawn(
-        self, coro: Coroutine[Any, Any, Any], owner: set[asyncio.Task[Any]] | None = None
-    ) -> None:
-        tasks = self._tasks if owner is None else owner
-        task = asyncio.ensure_future(coro)
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
 
     # -- sending -------------------------------------------------------------------------------
 
@@ -222,7 +208,7 @@ class ZmqServer:
                 header["req"] = msg.req
             self._reply(client, MsgType.PONG, header)
         elif msg.type is MsgType.OPEN:
-            self._spawn(self._open(client, msg))
+            self._tasks.spawn(self._open(client, msg))
         else:
             self._to_session(client, msg)
 
@@ -234,7 +220,7 @@ class ZmqServer:
             err = ProtocolError(ErrorCode.UNKNOWN_SESSION, f"no session {sid} for this client")
             self._error(client, err, msg.req, sid)
         elif msg.type is MsgType.CLOSE:
-            self._spawn(self._end(link, CloseReason.CLIENT_CLOSED, msg.req), self._enders)
+            self._enders.spawn(self._end(link, CloseReason.CLIENT_CLOSED, msg.req))
         elif not link.submit(msg):
             err = ProtocolError(
                 ErrorCode.BUSY,
@@ -313,7 +299,7 @@ class ZmqServer:
     def _link_closed(self, link: SessionLink, reason: CloseReason) -> None:
         """The session ended by itself (engine or link failure): tidy up, tell the client."""
         if not link.ending:
-            self._spawn(self._end(link, reason), self._enders)
+            self._enders.spawn(self._end(link, reason))
 
     async def _end(self, link: SessionLink, reason: CloseReason, req: int | None = None) -> None:
         """End a session: stop its link, close it, free its slot, send ``CLOSED``."""
@@ -346,4 +332,4 @@ class ZmqServer:
                         len(client.links),
                     )
                 for link in list(client.links.values()):
-                    self._spawn(self._end(link, CloseReason.CLIENT_TIMEOUT), self._enders)
+                    self._enders.spawn(self._end(link, CloseReason.CLIENT_TIMEOUT))

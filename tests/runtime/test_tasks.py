@@ -36,3 +36,22 @@ async def test_a_task_may_close_its_own_owner():
 
     t = tasks.spawn(closer())
     assert await t == "ok"
+
+
+async def test_wait_lets_tasks_finish_including_ones_they_spawn():
+    tasks = TaskSet()
+    done = []
+
+    async def child():
+        await asyncio.sleep(0)
+        done.append("child")
+
+    async def parent():
+        await asyncio.sleep(0)
+        tasks.spawn(child())
+        done.append("parent")
+
+    tasks.spawn(parent())
+    await tasks.wait()
+    assert done == ["parent", "child"]
+    assert len(tasks) == 0

@@ -121,9 +121,9 @@ def test_fp8_matmul_on_tensor_cores_is_close_to_bfloat16():
 def test_tensorrt_engine_of_the_tiny_dit_step_matches_eager(tmp_path):
     if importlib.util.find_spec("tensorrt") is None:
         pytest.skip("tensorrt is not installed (gpu extra)")
+    from liveface.engines.diffusion.backends.onnx_checks import demote_float64
     from liveface.engines.diffusion.backends.onnx_export import (
         DiTStep,
-        demote_float64,
         dit_step_inputs,
         export_dit_step,
     )

@@ -8,11 +8,10 @@ import importlib.util
 import pytest
 import torch
 
+from liveface.engines.diffusion.backends.onnx_checks import check_parity, demote_float64
 from liveface.engines.diffusion.backends.onnx_export import (
     DiTStep,
     TAEHVDecodeStep,
-    check_parity,
-    demote_float64,
     dit_step_inputs,
     export_dit_step,
     export_step,

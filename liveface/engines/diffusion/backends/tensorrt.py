@@ -1,6 +1,6 @@
 """TensorRT engines for the exported steps (the optional ``gpu`` extra).
 
-Flow: :mod:`.onnx_export` writes the step's graph (then :func:`~.onnx_export.demote_float64`, since
+Flow: :mod:`.onnx_export` writes the step's graph (then :func:`~.onnx_checks.demote_float64`, since
 TensorRT has no float64) -> :func:`build_engine` parses it, sets the precision flags and the
 optimisation profile (:func:`dit_profile` / :func:`taehv_profile` derive the shapes from the
 configs) and serialises the engine -> :class:`TrtRunner` loads it and runs it with I/O bound by

@@ -9,12 +9,13 @@ import time
 import numpy as np
 import pytest
 
-from liveface.client import AsyncClient, Event, Frame, ServerError, SyncClient
+from liveface.client import AsyncClient, Event, Frame, ServerError
 from liveface.errors import ConfigError
 from liveface.protocol.messages import MsgType
 from liveface.signaling.zmq_server import ZmqOptions, ZmqServer
 from tests.doubles import PatternEngine, decode_index, mouth_level
-from tests.zmq.helpers import IDLE_LEVEL, speech, to_s16, wait_until, zmq_server
+from tests.signaling.zmq.helpers import IDLE_LEVEL, speech, to_s16, zmq_server
+from tests.waiting import wait_until
 
 
 async def collect(session, until, limit_s: float = 8.0):
@@ -88,8 +89,14 @@ async def test_clear_returns_to_idle_within_one_chunk():
         session = await client.open()
         await session.push(speech(4.0), rate=16000)
         await collect(session, lambda i: isinstance(i, Event) and i.kind == "playback_started")
-        await collect(session, lambda i: isinstance(i, Frame) and mouth_level(i.image()) > 100)
-        await asyncio.sleep(0.5)
+        loud = 0
+
+        def talking(item) -> bool:
+            nonlocal loud
+            loud += isinstance(item, Frame) and mouth_level(item.image()) > 100
+            return loud >= 10  # well into the speech
+
+        await collect(session, talking)
         state = runtime.engine.opened[-1]  # this session's engine state
         before = state.interrupted
         await session.clear()
@@ -105,8 +112,9 @@ async def test_clear_returns_to_idle_within_one_chunk():
         assert 0.3 < fin.data["position"] < 4.0
         chunk_s = runtime.engine.spec.chunk_frames / runtime.engine.spec.fps
         levels = [(f.received_at - cleared_at, mouth_level(f.image())) for f in after]
-        # Frames sent before the clear may still be in flight; a chunk later the mouth is closed.
-        assert max(lvl for dt, lvl in levels if dt < 0) > 100  # it was speaking
+        # It was speaking when the clear came (``talking`` saw the mouth open); frames sent
+        # before the clear may still be in flight, and a chunk later the mouth is closed.
+        assert loud >= 10
         late = [lvl for dt, lvl in levels if dt > chunk_s + 0.02]
         assert late
         assert max(late) <= IDLE_LEVEL + 1
@@ -148,7 +156,7 @@ async def test_several_clients_and_ownership():
         assert await clients[0].ping() == [sessions[0].id]
         for c in clients:
             await c.aclose()
-        assert await wait_until(lambda: len(runtime.registry) == 0)
+        await wait_until(lambda: len(runtime.registry) == 0)
 
 
 async def _push_as(client: AsyncClient, session_id: str):
@@ -185,7 +193,7 @@ async def test_bad_input_gets_error_replies_and_session_carries_on():
 
 
 async def test_vanished_client_is_freed_and_pinging_client_is_kept():
-    options = ZmqOptions(client_timeout_s=1.0)
+    options = ZmqOptions(client_timeout_s=2.0)
     async with zmq_server(options) as (server, runtime):
         keeper = await AsyncClient(server.endpoint, ping_interval_s=0.25).connect()
         kept = await keeper.open()
@@ -195,44 +203,15 @@ async def test_vanished_client_is_freed_and_pinging_client_is_kept():
         left_state = runtime.engine.opened[-1]
         assert len(runtime.registry) == 2
         await leaver.aclose(close_sessions=False)  # gone without a goodbye
-        t0 = time.monotonic()
-        assert await wait_until(lambda: len(runtime.registry) == 1, limit_s=4)
-        assert 0.9 < time.monotonic() - t0 < 3.0
+        assert len(runtime.registry) == 2  # silence ends a client only after the timeout
+        await wait_until(lambda: len(runtime.registry) == 1)
         assert left_state.closed
         assert not kept_state.closed
-        await asyncio.sleep(1.0)  # the pinging client outlives the timeout
+        # Nothing to poll for: the pinging client must simply outlive another timeout.
+        await asyncio.sleep(options.client_timeout_s * 1.5)
         assert await keeper.ping() == [kept.id]
         await keeper.aclose()
-        assert await wait_until(lambda: len(runtime.registry) == 0)
-
-
-def _sync_session(endpoint: str) -> tuple[list[Frame], list[Event], dict]:
-    with SyncClient(endpoint) as client:
-        assert client.ping() == []
-        session = client.open(format="jpeg", jpeg_quality=90)
-        session.push(to_s16(speech(0.6)), rate=16000)
-        session.end_segment()
-        frames, events = [], []
-        for item in session:
-            (frames if isinstance(item, Frame) else events).append(item)
-            if isinstance(item, Event) and item.kind == "playback_finished":
-                break
-        info = session.close()
-        with pytest.raises(TimeoutError):
-            client.open().next(timeout=0.01)
-    return frames, events, info
-
-
-async def test_sync_client():
-    async with zmq_server() as (server, runtime):
-        frames, events, info = await asyncio.to_thread(_sync_session, server.endpoint)
-        assert [e.kind for e in events] == ["playback_started", "playback_finished"]
-        assert frames
-        assert all(f.format == "jpeg" for f in frames)
-        assert [decode_index(f.image()) for f in frames] == [f.index for f in frames]
-        assert max(mouth_level(f.image()) for f in frames) > 100
-        assert info["reason"] == "client_closed"
-        assert await wait_until(lambda: len(runtime.registry) == 0)
+        await wait_until(lambda: len(runtime.registry) == 0)
 
 
 async def test_engine_failure_ends_the_session_cleanly():

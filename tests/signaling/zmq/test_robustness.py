@@ -17,7 +17,8 @@ from liveface.protocol.curve import create_curve_dir
 from liveface.protocol.messages import PROTOCOL_VERSION, Limits, MsgType, decode, encode
 from liveface.signaling.zmq_server import ZmqOptions
 from tests.doubles import PatternEngine
-from tests.zmq.helpers import server_thread, speech, wait_until, zmq_server
+from tests.signaling.zmq.helpers import server_thread, speech, zmq_server
+from tests.waiting import wait_until
 
 LIMITS = Limits(max_payload_bytes=1 << 30)
 
@@ -160,7 +161,7 @@ async def test_slow_consumer_drops_frames_not_memory():
                 frames.append(msg.header)
         assert frames[-1]["dropped"] > 20  # reported to the client
         await sock.send_multipart(encode(MsgType.CLOSE, {"req": 2, "session": sid}))
-        assert await wait_until(lambda: len(runtime.registry) == 0)
+        await wait_until(lambda: len(runtime.registry) == 0)
         sock.close()
         ctx.term()
     [line] = [
@@ -188,4 +189,4 @@ async def test_curve_authorised_client_works_and_others_get_nothing(tmp_path):
             async with AsyncClient(server.endpoint, curve=curve, request_timeout_s=0.5) as c:
                 with pytest.raises(TimeoutError):
                     await c.ping()
-        assert await wait_until(lambda: len(runtime.registry) == 0)
+        await wait_until(lambda: len(runtime.registry) == 0)

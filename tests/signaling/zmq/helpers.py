@@ -75,14 +75,3 @@ def server_thread(**kwargs: Any) -> Iterator[tuple[ZmqServer, Runtime]]:
     finally:
         box["loop"].call_soon_threadsafe(box["stop"].set)
         thread.join(10)
-
-
-async def wait_until(predicate: Any, limit_s: float = 5.0) -> bool:
-    """Poll ``predicate()`` every 50 ms until it is true or ``limit_s`` passes."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + limit_s
-    while not predicate():
-        if loop.time() > end:
-            return False
-        await asyncio.sleep(0.05)
-    return True
