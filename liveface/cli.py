@@ -23,7 +23,7 @@ from liveface.engines.base import Engine
 from liveface.errors import ConfigError
 from liveface.pipeline.image import load_image
 from liveface.runtime.config import ServerConfig
-from liveface.runtime.factory import create_engine
+from liveface.runtime.factory import create_engine, create_engines
 
 log = logging.getLogger("liveface")
 
@@ -59,7 +59,7 @@ def run_render(config: ServerConfig, audio: str, out: str) -> int:
     return 0
 
 
-async def serve(config: ServerConfig, engine: Engine, stop: asyncio.Event) -> None:
+async def serve(config: ServerConfig, engines: list[Engine], stop: asyncio.Event) -> None:
     """Run HTTP (and ZeroMQ when configured) on one Runtime until ``stop`` is set."""
     from aiohttp import web
 
@@ -67,7 +67,7 @@ async def serve(config: ServerConfig, engine: Engine, stop: asyncio.Event) -> No
     from liveface.signaling.http import build_app
 
     portrait = load_image(config.portrait) if config.portrait else None
-    runtime = Runtime(config, engine, default_portrait=portrait)
+    runtime = Runtime(config, engines, default_portrait=portrait)
     runtime.start()  # opens the default portrait once: a bad one fails here, not per client
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(runtime.aclose)
@@ -83,7 +83,10 @@ async def serve(config: ServerConfig, engine: Engine, stop: asyncio.Event) -> No
                     f"cannot listen on {config.host}:{config.port} ({e.strerror}); "
                     "pick another --port or stop what uses it"
                 ) from e
-            log.info("serving http://%s:%d (engine %s)", config.host, config.port, engine.name)
+            log.info(
+                "serving http://%s:%d (engine %s, %d engine worker(s))",
+                config.host, config.port, runtime.engine.name, len(engines),
+            )  # fmt: skip
         if config.zmq:
             from liveface.signaling.zmq_server import ZmqServer
 
@@ -101,7 +104,7 @@ def run_server(config: ServerConfig) -> int:
             import uvloop
 
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    engine = create_engine(config)
+    engines = create_engines(config)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -109,12 +112,13 @@ def run_server(config: ServerConfig) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
-        await serve(config, engine, stop)
+        await serve(config, engines, stop)
 
     try:
         asyncio.run(main())
     finally:
-        engine.shutdown()
+        for engine in engines:
+            engine.shutdown()
     return 0
 
 
@@ -151,6 +155,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     serve.add_argument("--host", help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="HTTP port (default 8080)")
     serve.add_argument("--max-sessions", type=int, help="concurrent sessions (default 4)")
+    serve.add_argument(
+        "--engine-processes",
+        type=int,
+        help="engine child processes (default: one per core for the CPU engine, 0 for diffusion)",
+    )
     serve.add_argument("--delay-ms", type=int, help="output delay absorbing jitter (default 80)")
     serve.add_argument("--zmq", help="also serve ZeroMQ on this address, e.g. tcp://127.0.0.1:5555")
     serve.add_argument("--zmq-curve-dir", help="CURVE keys directory (see docs/zmq-protocol.md)")
@@ -180,6 +189,7 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
         max_sessions=getattr(args, "max_sessions", None),
+        engine_processes=getattr(args, "engine_processes", None),
         delay_ms=getattr(args, "delay_ms", None),
         zmq=getattr(args, "zmq", None),
         zmq_curve_dir=getattr(args, "zmq_curve_dir", None),

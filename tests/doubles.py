@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -124,7 +125,7 @@ class PatternEngine(Engine):
         )
 
     def describe(self, state: EngineState) -> dict[str, Any]:
-        return {"mouth_box": list(MOUTH_BOX)}
+        return {"mouth_box": list(MOUTH_BOX), "pid": os.getpid()}
 
     def interrupt(self, state: EngineState) -> None:
         assert isinstance(state, PatternState)

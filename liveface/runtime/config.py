@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,9 @@ class ServerConfig:
         audio_jitter_packets: audio packets aiortc holds before decoding (its default is 4).
         degrade_high, degrade_low: engine utilisation above which quality is lowered, below
             which it is raised again (see liveface.runtime.degrade); degrade_high >= 1 disables.
+        engine_processes: engine child processes, each with its own GIL (0: the engine runs in
+            the server's process; None: one per CPU core for the CPU engine, 0 for the
+            diffusion engine, which owns a GPU).
         uvloop: use uvloop when installed.
         log_level: Python logging level name.
     """
@@ -57,6 +61,7 @@ class ServerConfig:
     audio_jitter_packets: int = 0
     degrade_high: float = 0.9
     degrade_low: float = 0.55
+    engine_processes: int | None = None
     uvloop: bool = True
     log_level: str = "INFO"
 
@@ -82,6 +87,8 @@ class ServerConfig:
             problems.append(f"delay_ms must be 0..5000 (got {self.delay_ms})")
         if not 0 <= self.audio_jitter_packets <= 16:
             problems.append(f"audio_jitter_packets must be 0..16 (got {self.audio_jitter_packets})")
+        if self.engine_processes is not None and not 0 <= self.engine_processes <= 64:
+            problems.append(f"engine_processes must be 0..64 (got {self.engine_processes})")
         if not 0.0 < self.degrade_low < self.degrade_high:
             problems.append("degrade thresholds need 0 < degrade_low < degrade_high")
         if not self.http and not self.zmq:
@@ -90,6 +97,14 @@ class ServerConfig:
             problems.append(f"portrait {self.portrait} is not a file")
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))
+
+    def processes(self) -> int:
+        """How many engine processes to start (``engine_processes`` with ``None`` resolved)."""
+        if self.engine_processes is not None:
+            return self.engine_processes
+        if self.engine == "diffusion":
+            return 0
+        return max(1, len(os.sched_getaffinity(0)))
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> ServerConfig:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from liveface.engines.base import Engine
@@ -50,3 +53,34 @@ def diffusion_config(config: ServerConfig) -> DiffusionEngineConfig:
         chunk_frames=config.chunk_frames,
         lookahead_ms=config.lookahead_ms,
     )
+
+
+def create_engines(config: ServerConfig) -> list[Engine]:
+    """The engines a server runs: one in this process, or ``config.processes()`` children.
+
+    Children start in parallel (each imports its native libraries and builds its engine).
+
+    Raises:
+        ConfigError: as :func:`create_engine`; EngineError when a child cannot start.
+    """
+    n = config.processes()
+    if n == 0:
+        return [create_engine(config)]
+    from liveface.runtime.engine_process import ProcessEngine
+
+    inner = dataclasses.replace(config, engine_processes=0)
+    factory = functools.partial(create_engine, inner)
+    with ThreadPoolExecutor(n) as pool:
+        futures = [pool.submit(ProcessEngine, factory, f"engine-{i}") for i in range(n)]
+        engines: list[Engine] = []
+        errors: list[BaseException] = []
+        for f in futures:
+            try:
+                engines.append(f.result())
+            except BaseException as e:
+                errors.append(e)
+    if errors:
+        for engine in engines:
+            engine.shutdown()
+        raise errors[0]
+    return engines

@@ -30,33 +30,54 @@ class Kind(enum.Enum):
     COUNTER = "counter"  # a total computed when read (e.g. live sessions plus closed ones)
 
 
-class Reading(enum.Enum):
-    """Values read from their owner when scraped: (name, help, kind)."""
+class Combine(enum.Enum):
+    """How the values of several owners of one reading (e.g. engine workers) combine."""
 
-    SESSIONS = ("liveface_sessions", "Live sessions", Kind.GAUGE)
-    SESSIONS_MAX = ("liveface_sessions_max", "Configured session limit", Kind.GAUGE)
+    SUM = "sum"
+    MAX = "max"
+    MEAN = "mean"
+
+
+class Reading(enum.Enum):
+    """Values read from their owners when scraped: (name, help, kind, how owners combine)."""
+
+    SESSIONS = ("liveface_sessions", "Live sessions", Kind.GAUGE, Combine.SUM)
+    SESSIONS_MAX = ("liveface_sessions_max", "Configured session limit", Kind.GAUGE, Combine.SUM)
     QUALITY_LEVEL = (
         "liveface_quality_level",
-        "Engine quality level in use (0 is the best; higher means degraded to keep real time)",
+        "Engine quality level in use, worst over engine workers (0 is the best; higher means "
+        "degraded to keep real time)",
         Kind.GAUGE,
+        Combine.MAX,
     )
-    QUALITY_CHANGES = ("liveface_quality_changes", "Quality level changes", Kind.COUNTER)
+    QUALITY_CHANGES = (
+        "liveface_quality_changes", "Quality level changes", Kind.COUNTER, Combine.SUM,
+    )  # fmt: skip
     ENGINE_UTILISATION = (
         "liveface_engine_utilisation",
-        "Fraction of recent wall time the engine spent generating",
+        "Fraction of recent wall time the engines spent generating (mean over engine workers)",
         Kind.GAUGE,
+        Combine.MEAN,
     )
-    ZMQ_CLIENTS = ("liveface_zmq_clients", "ZeroMQ clients seen recently", Kind.GAUGE)
+    ZMQ_CLIENTS = ("liveface_zmq_clients", "ZeroMQ clients seen recently", Kind.GAUGE, Combine.SUM)
     ZMQ_FRAMES_DROPPED = (
         "liveface_zmq_frames_dropped",
         "Frames dropped because a ZeroMQ client read too slowly",
         Kind.COUNTER,
+        Combine.SUM,
     )
 
-    def __init__(self, metric: str, help: str, kind: Kind) -> None:
+    def __init__(self, metric: str, help: str, kind: Kind, combine: Combine) -> None:
         self.metric = metric
         self.help = help
         self.kind = kind
+        self.combine = combine
+
+    def reduce(self, values: list[float]) -> float:
+        if self.combine is Combine.MAX:
+            return max(values)
+        total = float(sum(values))
+        return total / len(values) if self.combine is Combine.MEAN else total
 
 
 class SessionCounter(enum.Enum):
@@ -108,16 +129,17 @@ class _Readers(Collector):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.readers: dict[Reading, Callable[[], float]] = {}
+        self.readers: dict[Reading, list[Callable[[], float]]] = {}
         self.sessions: Callable[[], dict[SessionCounter, float]] | None = None
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
-            readers = dict(self.readers)
+            readers = {r: list(fns) for r, fns in self.readers.items()}
             sessions = self.sessions
-        for reading, read in readers.items():
+        for reading, reads in readers.items():
             family = GaugeMetricFamily if reading.kind is Kind.GAUGE else CounterMetricFamily
-            yield family(reading.metric, reading.help, value=float(read()))
+            value = reading.reduce([float(read()) for read in reads])
+            yield family(reading.metric, reading.help, value=value)
         if sessions is not None:
             totals = sessions()
             for counter in SessionCounter:
@@ -177,9 +199,10 @@ class Metrics:
         self.chunks_dropped.labels(reason.value).inc(count)
 
     def read(self, reading: Reading, read: Callable[[], float]) -> None:
-        """Report ``read()`` as ``reading`` at every scrape (the owner keeps the value)."""
+        """Report ``read()`` as ``reading`` at every scrape (the owner keeps the value); several
+        owners of one reading combine as the reading says."""
         with self._readers._lock:
-            self._readers.readers[reading] = read
+            self._readers.readers.setdefault(reading, []).append(read)
 
     def read_sessions(self, totals: Callable[[], dict[SessionCounter, float]]) -> None:
         """Report the per-session counters' process totals at every scrape."""

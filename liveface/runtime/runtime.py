@@ -11,19 +11,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from liveface.engines.base import Engine
+from liveface.errors import ConfigError
 from liveface.pipeline.image import decode_image
 from liveface.pipeline.resample import StreamingResampler
 from liveface.pipeline.stream import StreamConfig
 from liveface.runtime.config import ServerConfig
 from liveface.runtime.degrade import DegradeConfig
-from liveface.runtime.events import CloseReason, SessionEvent
+from liveface.runtime.events import CloseReason, SessionClosed, SessionEvent
 from liveface.runtime.metrics import Metrics
 from liveface.runtime.registry import SessionRegistry
 from liveface.runtime.session import Session, SessionOptions
@@ -47,46 +49,68 @@ class SessionRequest:
 
 
 class Runtime:
-    """Owns the engine worker; ``start()`` then ``await aclose()``.
+    """Owns the engine workers; ``start()`` then ``await aclose()``.
 
     Args:
         config: the server config.
-        engine: the engine (built by the caller; tests pass their own).
+        engines: one engine, or several alike (e.g. one per engine process); each gets its own
+            EngineWorker and a new session goes to the least loaded one.
         default_portrait: RGB ``(h, w, 3)`` used when a client sends none (None: the engine's own).
     """
 
     def __init__(
-        self, config: ServerConfig, engine: Engine, default_portrait: np.ndarray | None = None
+        self,
+        config: ServerConfig,
+        engines: Engine | Sequence[Engine],
+        default_portrait: np.ndarray | None = None,
     ) -> None:
         self.config = config
-        self.engine = engine
+        self.engines = [engines] if isinstance(engines, Engine) else list(engines)
+        if not self.engines:
+            raise ConfigError("the runtime needs at least one engine")
+        self.engine = self.engines[0]
+        if any(e.spec != self.engine.spec for e in self.engines):
+            raise ConfigError("the engines of one runtime must declare the same spec")
         self.default_portrait = default_portrait
         self.metrics = Metrics()
-        self.worker = EngineWorker(
-            engine,
-            self.metrics,
-            degrade=DegradeConfig(high=config.degrade_high, low=config.degrade_low),
-        )
+        degrade = DegradeConfig(high=config.degrade_high, low=config.degrade_low)
+        self.workers = [
+            EngineWorker(e, self.metrics, degrade=degrade, name=f"engine-worker-{i}")
+            for i, e in enumerate(self.engines)
+        ]
         self.registry = SessionRegistry(config.max_sessions, self.metrics)
         self.started = time.monotonic()
 
-    def start(self) -> None:
-        """Warm the engine up, then start its worker.
+    @property
+    def healthy(self) -> bool:
+        """Every engine worker (and engine process) is running."""
+        return all(w.alive for w in self.workers)
 
-        One throw-away session on the default portrait: it fails early on a bad default
-        portrait, and pays the engine's one-time costs (imports of native libraries, which hold
-        the GIL and would otherwise stall every live session's event loop when the first client
-        arrives).
+    def start(self) -> None:
+        """Warm the engines up, then start their workers.
+
+        One throw-away session on the default portrait per engine (in parallel): it fails early
+        on a bad default portrait, and pays the engine's one-time costs (imports of native
+        libraries, which hold the GIL and would otherwise stall every live session's event loop
+        when the first client arrives).
         """
-        self.engine.close(self.engine.open(self.default_portrait, None, {}))
+
+        def warm(engine: Engine) -> None:
+            engine.close(engine.open(self.default_portrait, None, {}))
+
+        with ThreadPoolExecutor(len(self.engines)) as pool:
+            list(pool.map(warm, self.engines))
         StreamingResampler(48000, self.engine.spec.sample_rate)  # imports its filter design
-        self.worker.start()
+        for worker in self.workers:
+            worker.start()
 
     async def aclose(self) -> None:
-        """End every session, stop the worker, release the engine."""
+        """End every session, stop the workers, release the engines."""
         await self.registry.aclose_all()
-        self.worker.stop()
-        self.engine.shutdown()
+        for worker in self.workers:
+            worker.stop()
+        for engine in self.engines:
+            engine.shutdown()
 
     def stream_config(self, *, live: bool, max_pending_s: float | None = None) -> StreamConfig:
         """The pipeline settings of a transport: a live microphone, or pushed audio."""
@@ -119,7 +143,16 @@ class Runtime:
                 portrait = await loop.run_in_executor(None, decode_image, bytes(portrait))
             if portrait is None:
                 portrait = self.default_portrait
-            session = Session(self.worker, stream, on_event=on_event)
+            worker = min(self.workers, key=lambda w: w.sessions)
+
+            def relay(event: SessionEvent) -> None:
+                # A session that ends on its own (its engine failed) frees its slot at once.
+                if isinstance(event, SessionClosed) and session is not None:
+                    self.registry.discard(session)
+                if on_event is not None:
+                    on_event(event)
+
+            session = Session(worker, stream, on_event=relay)
             await session.start(
                 SessionOptions(portrait, request.prompt, dict(request.engine_options))
             )

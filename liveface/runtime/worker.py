@@ -41,6 +41,7 @@ class EngineWorker:
         engine: the generator; only this thread calls its ``generate``.
         metrics: where batch sizes, engine time and drops are counted.
         max_queued: chunks a session may have waiting (beyond that the oldest is dropped).
+        name: the thread's name.
         degrade: the degradation policy's thresholds (see :mod:`liveface.runtime.degrade`).
     """
 
@@ -50,8 +51,10 @@ class EngineWorker:
         metrics: Metrics,
         max_queued: int = 4,
         degrade: DegradeConfig | None = None,
+        name: str = "engine-worker",
     ) -> None:
         self.engine = engine
+        self.name = name
         self.metrics = metrics
         spec = engine.spec
         self._frame_s = 1.0 / spec.fps
@@ -72,7 +75,7 @@ class EngineWorker:
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="engine-worker", daemon=True)
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
             self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -85,7 +88,15 @@ class EngineWorker:
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """The thread runs (and the engine too, for an engine that can stop on its own)."""
+        engine_alive = getattr(self.engine, "alive", True)
+        return self._thread is not None and self._thread.is_alive() and bool(engine_alive)
+
+    @property
+    def sessions(self) -> int:
+        """Sessions registered on this worker (for picking the least loaded one)."""
+        with self._cond:
+            return len(self._sessions)
 
     # -- sessions (any thread) -----------------------------------------------------------------
 

@@ -143,11 +143,11 @@ async def index(request: web.Request) -> web.FileResponse:
 
 async def health(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    worker, registry = runtime.worker, runtime.registry
-    ok = worker.alive
+    registry = runtime.registry
+    ok = runtime.healthy
     body = {
         "status": "ok" if ok else "engine_down",
-        "engine": worker.engine.name,
+        "engine": runtime.engine.name,
         "sessions": len(registry),
         "max_sessions": registry.max_sessions,
         "uptime_s": round(time.monotonic() - runtime.started, 1),
