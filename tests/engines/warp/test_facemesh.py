@@ -57,7 +57,8 @@ def test_cases_cover_what_matters():
     assert len(REF["rotated/mesh"]) == 1
     assert len(REF["two_face_crops/mesh"]) == 2
     assert len(REF["two_faces/full"]) == 2
-    assert len(REF["no_face/full"]) == 0 and len(REF["no_face/mesh"]) == 0
+    assert len(REF["no_face/full"]) == 0
+    assert len(REF["no_face/mesh"]) == 0
 
 
 def test_custom_ops_move_points_consistently():
@@ -118,4 +119,5 @@ def test_loading_the_models_prints_nothing():
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr
-    assert out.stderr == "" and out.stdout == ""
+    assert out.stderr == ""
+    assert out.stdout == ""
