@@ -16,6 +16,7 @@ import contextlib
 import logging
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -103,10 +104,12 @@ def native_stderr_to_debug(what: str) -> Iterator[None]:
         yield
         return
     with tempfile.TemporaryFile() as tmp:
+        sys.stderr.flush()  # what Python buffered belongs before the window
         os.dup2(tmp.fileno(), 2)
         try:
             yield
         finally:
+            sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             tmp.seek(0)
