@@ -164,7 +164,7 @@ def main() -> None:
         cv2.setNumThreads(len(all_cpus))
         rt_wall, _ = real_time_factor()
         print(f"  {len(all_cpus)} cores (OpenCV threads): {rt_wall:.1f}x real time")
-    print(f"first open of the process (includes importing MediaPipe): {1000 * first_open:.0f} ms")
+    print(f"first open of the process (loads the face models): {1000 * first_open:.0f} ms")
 
 
 if __name__ == "__main__":

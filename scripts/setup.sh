@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install the runtime (default) or the runtime plus tests (--dev).
-# Safe to re-run. CPU only: torch is pinned to the local CPU wheel for the tests; see README for GPUs.
+# A convenience: `pip install .` in any venv installs the same runtime. Safe to re-run.
+# CPU only: torch is pinned to the local CPU wheel for the tests; see README for GPUs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -14,8 +15,3 @@ if [ "${1:-}" = "--dev" ]; then
   extras="[dev,diffusion,fast]"
 fi
 $PIP install -q -e ".${extras}"
-# mediapipe 0.10.21 is the last release that bundles the face-mesh model. Its declared requirements
-# (jax, opencv-contrib, protobuf<5) conflict with ours; it runs with the few in this file.
-$PIP install -q -r scripts/requirements-mediapipe.txt
-$PIP install -q --no-deps "mediapipe==0.10.21"
-.venv/bin/python -c "import mediapipe.python.solutions.face_mesh" >/dev/null

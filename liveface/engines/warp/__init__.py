@@ -1,7 +1,7 @@
 """The embedded CPU engine: a portrait animated by warping its face-landmark mesh (no weights).
 
-``WarpEngine(WarpConfig(...))`` implements :class:`liveface.engines.base.Engine`. MediaPipe (face
-landmarks) is imported only when a session opens.
+``WarpEngine(WarpConfig(...))`` implements :class:`liveface.engines.base.Engine`. The face models
+(MediaPipe's, run on LiteRT) are loaded only when a session opens.
 """
 
 from liveface.engines.warp.config import WarpConfig

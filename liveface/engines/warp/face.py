@@ -2,8 +2,9 @@
 
 Detection runs in two stages because MediaPipe's face mesh only finds faces that fill a good part
 of the image: the full-range face detector first counts faces anywhere in the picture (so a group
-photo or a small face is reported as such), then the mesh runs on a crop around the one face.
-MediaPipe is imported lazily here, never at import time of the package.
+photo or a small face is reported as such), then the mesh runs on a crop around the one face. Both
+are MediaPipe's models run on LiteRT by :mod:`liveface.engines.warp.facemesh`, loaded lazily (when
+a session opens), never at import time of the package.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ SECOND_FACE_RATIO = 0.4
 MESH_CROP_FACES = 2.4
 MESH_CROP_MIN_SIDE = 256
 
-# MediaPipe graphs are created per call; the lock keeps concurrent opens from initialising several
-# TFLite interpreters at once, which costs memory and gains nothing (an open takes ~0.1 s).
+# The LiteRT interpreters are loaded once and are not thread-safe: concurrent opens take turns
+# (detection takes ~0.05 s).
 _DETECT_LOCK = threading.Lock()
 
 
@@ -111,15 +112,13 @@ def detect_landmarks(rgb: np.ndarray, min_face_px: int, max_side: int) -> np.nda
 
 def _face_boxes(rgb: np.ndarray) -> list[tuple[float, float, float, float]]:
     """Face boxes ``(x, y, w, h)`` in pixels found by the full-range detector, largest first."""
-    from mediapipe.python.solutions import face_detection
+    from liveface.engines.warp.facemesh import FULL_RANGE, detect_faces
 
     h, w = rgb.shape[:2]
-    with face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5) as det:
-        result = det.process(rgb)
-    boxes = []
-    for d in result.detections or []:
-        b = d.location_data.relative_bounding_box
-        boxes.append((b.xmin * w, b.ymin * h, b.width * w, b.height * h))
+    boxes = [
+        (d.box[0] * w, d.box[1] * h, d.box[2] * w, d.box[3] * h)
+        for d in detect_faces(rgb, FULL_RANGE)
+    ]
     boxes.sort(key=lambda b: -b[2])
     return [b for b in boxes if boxes and b[2] >= SECOND_FACE_RATIO * boxes[0][2]]
 
@@ -130,7 +129,7 @@ def _mesh_near(rgb: np.ndarray, box: tuple[float, float, float, float] | None) -
     Raises:
         NoFaceError: the mesh finds several faces.
     """
-    from mediapipe.python.solutions import face_mesh
+    from liveface.engines.warp.facemesh import face_mesh
 
     h, w = rgb.shape[:2]
     x0, y0, scale = 0.0, 0.0, 1.0
@@ -145,9 +144,7 @@ def _mesh_near(rgb: np.ndarray, box: tuple[float, float, float, float] | None) -
         crop = cv2.warpAffine(
             rgb, m, (out, out), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
         )
-    with face_mesh.FaceMesh(static_image_mode=True, max_num_faces=3, refine_landmarks=True) as mesh:
-        result = mesh.process(crop)
-    faces = result.multi_face_landmarks or []
+    faces = face_mesh(crop, max_faces=3)
     if len(faces) > 1:
         raise NoFaceError(
             f"found several faces ({len(faces)}) in the portrait; use a photo of one person"
@@ -155,7 +152,7 @@ def _mesh_near(rgb: np.ndarray, box: tuple[float, float, float, float] | None) -
     if not faces:
         return None
     ch, cw = crop.shape[:2]
-    pts = np.array([(p.x * cw, p.y * ch) for p in faces[0].landmark], dtype=np.float32)
+    pts: np.ndarray = faces[0] * np.array([cw, ch], dtype=np.float32)
     if pts.shape[0] != L.NUM_LANDMARKS:
         return None
     pts = pts / scale + np.array([x0, y0], dtype=np.float32)
