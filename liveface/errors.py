@@ -62,3 +62,9 @@ class EngineError(AvatarError):
     """The engine failed on a session's audio; the session ends, the server keeps serving."""
 
     code = "engine_failed"
+
+
+class UnauthorizedError(AvatarError):
+    """The request lacks the server's access token."""
+
+    code = "unauthorized"

@@ -165,6 +165,10 @@ class AudioIngest:
         out = self.push(x, rate)
         return np.concatenate([filler, out]) if filler.shape[0] else out
 
+    def count_dropped(self, samples: int) -> None:
+        """Audio dropped before it reached the ingest (e.g. a jitter buffer's late packets)."""
+        self.stats.dropped += samples
+
     def flush(self) -> np.ndarray:
         """The resampler's tail (end of a segment or of a file); the next block starts afresh."""
         resampler, self._resampler = self._resampler, None

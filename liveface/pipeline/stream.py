@@ -1,9 +1,17 @@
 """One session's media path, transport- and model-free: input audio -> chunks; results -> output.
 
 Time: the media clock counts samples at ``spec.sample_rate``. The clock is anchored to the wall
-(monotonic seconds) once, at ``start``: sample ``s`` was captured at ``anchor + s / rate`` and is
-due for playout ``delay`` later. Wall time is read only to decide *when* to act (release chunks,
-fill silence, play); every timestamp that leaves the process derives from sample indices.
+(monotonic seconds) at ``start``: sample ``s`` was captured at ``anchor + s / rate`` and is due for
+playout ``delay`` (plus the live input's jitter allowance) later. Wall time is read only to decide
+*when* to act (release chunks, fill silence, play); every timestamp that leaves the process derives
+from sample indices.
+
+Live input arrives with network jitter. The anchor follows the earliest arrivals (a block that
+arrives earlier than the anchor predicts moves it back), and each block's lateness against it feeds
+a jitter allowance added to the playout delay: it rises at once with a late block and decays
+slowly (``jitter_decay_ms`` per second), so frames are not late when the path is jittery, and the
+delay falls back when it calms down. Moving the anchor never moves the playout: the allowance
+takes up the difference.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ class StreamConfig:
         max_pending_s: most not-yet-played audio a pushing client may queue.
         history_s: input audio kept for the engine's left context.
         vad_aggressiveness: webrtcvad mode 0..3.
+        max_jitter_ms: the most jitter allowance live input may add to the delay.
+        jitter_decay_ms: how fast (ms per second) the jitter allowance falls back.
     """
 
     delay_ms: int = 80
@@ -47,6 +57,8 @@ class StreamConfig:
     max_pending_s: float = 120.0
     history_s: float = 5.0
     vad_aggressiveness: int = 2
+    max_jitter_ms: int = 300
+    jitter_decay_ms: float = 20.0
 
     def __post_init__(self) -> None:
         if min(self.delay_ms, self.lead_ms, self.live_slack_ms) < 0 or self.gap_fill_ms <= 0:
@@ -61,6 +73,7 @@ class StreamConfig:
 class StreamStats:
     input_samples: int = 0
     input_dropped_samples: int = 0  # live input that arrived too late, or over the pending limit
+    jitter_ms: float = 0.0  # the live input's current jitter allowance
     silence_filled_samples: int = 0
     chunks_cut: int = 0
 
@@ -82,6 +95,9 @@ class StreamPipeline:
         self.segments = SegmentTracker(rate)
         self.stats = StreamStats()
         self.anchor: float | None = None
+        self.jitter_s = 0.0  # added to the playout delay (live input)
+        self._observed: float | None = None  # wall time of the last lateness observation
+        self._filled = False  # silence was filled since the last block arrived
         self._delay = config.delay_ms * rate // 1000
         self._lead = config.lead_ms * rate // 1000
         self._gap = config.gap_fill_ms * rate // 1000
@@ -107,11 +123,26 @@ class StreamPipeline:
     def due(self, sample: int) -> float:
         """Wall time at which media-clock sample ``sample`` is due for playout."""
         assert self.anchor is not None
-        return self.anchor + (sample + self._delay) / self.spec.sample_rate
+        return self.anchor + (sample + self._delay) / self.spec.sample_rate + self.jitter_s
 
     def play_sample(self, now: float) -> int:
         """The media-clock sample due for playout at wall time ``now``."""
-        return self.wall_sample(now) - self._delay
+        return self.wall_sample(now - self.jitter_s) - self._delay
+
+    def _observe(self, now: float, end: int) -> None:
+        """Live block ending at sample ``end`` came at ``now``: follow the anchor, track jitter."""
+        assert self.anchor is not None
+        cfg = self.config
+        lateness = now - self.anchor - end / self.spec.sample_rate
+        if lateness < 0:  # earlier than the anchor says: the first blocks came late
+            self.anchor += lateness
+            self.jitter_s -= lateness  # the playout stays where it was
+            lateness = 0.0
+        elapsed = 0.0 if self._observed is None else now - self._observed
+        decayed = self.jitter_s - cfg.jitter_decay_ms / 1000.0 * elapsed
+        self.jitter_s = min(cfg.max_jitter_ms / 1000.0, max(lateness, decayed, 0.0))
+        self._observed = now
+        self.stats.jitter_ms = self.jitter_s * 1000.0
 
     def frame_due(self, frame: int) -> float:
         return self.due(self.spec.frame_start(frame))
@@ -126,6 +157,9 @@ class StreamPipeline:
         self.start(now, x.shape[0])
         self.stats.input_samples += x.shape[0]
         if self.config.live:
+            if not self._filled:
+                self._observe(now, self.ring.end + x.shape[0])
+            self._filled = False
             # A live block ends "now": if the ring already reaches past that (silence was filled
             # during a stall), the block's head is stale and is dropped to keep latency bounded.
             excess = self.ring.end + x.shape[0] - self.wall_sample(now) - self._slack
@@ -174,6 +208,7 @@ class StreamPipeline:
             fill = max(target, self.chunker.needed_until()) - self.ring.end
             self._append(np.zeros(fill, dtype=np.float32))
             self.stats.silence_filled_samples += fill
+            self._filled = True
         chunks = self.chunker.pop_ready(release_until=wall + self._delay + self._lead)
         self.stats.chunks_cut += len(chunks)
         return chunks

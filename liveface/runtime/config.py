@@ -12,6 +12,52 @@ from typing import Any
 from liveface.errors import ConfigError
 
 ENGINES = ("warp", "diffusion")
+ICE_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
+
+
+@dataclass(frozen=True)
+class IceServer:
+    """A STUN or TURN server for the peer connections (the server's and the page's).
+
+    Attributes:
+        urls: ``stun:host:port``, ``turn:host:port?transport=tcp``, ``turns:host:443``, ...
+        username, credential: TURN credentials (None for STUN).
+    """
+
+    urls: tuple[str, ...]
+    username: str | None = None
+    credential: str | None = None
+
+    @classmethod
+    def parse(cls, value: Any) -> IceServer:
+        """From a TOML table ``{urls = "..." or [...], username?, credential?}`` or a URL."""
+        if isinstance(value, IceServer):
+            return value
+        if isinstance(value, str):
+            value = {"urls": value}
+        if not isinstance(value, dict):
+            raise ConfigError(f"an ICE server must be a URL or a table with urls (got {value!r})")
+        urls = value.get("urls")
+        urls = (urls,) if isinstance(urls, str) else tuple(urls or ())
+        extra = sorted(set(value) - {"urls", "username", "credential"})
+        bad = [u for u in urls if not isinstance(u, str) or not u.startswith(ICE_SCHEMES)]
+        if not urls or bad or extra:
+            raise ConfigError(
+                "an ICE server needs urls starting with stun:, stuns:, turn: or turns: and only "
+                f"username / credential besides (got {value!r})"
+            )
+        turn = any(u.startswith(("turn:", "turns:")) for u in urls)
+        username, credential = value.get("username"), value.get("credential")
+        if turn and not (isinstance(username, str) and isinstance(credential, str)):
+            raise ConfigError(f"TURN server {urls[0]} needs a username and a credential")
+        return cls(urls, username, credential)
+
+    def to_json(self) -> dict[str, Any]:
+        """The form ``RTCPeerConnection({iceServers})`` takes in a browser."""
+        out: dict[str, Any] = {"urls": list(self.urls)}
+        if self.username is not None:
+            out.update(username=self.username, credential=self.credential)
+        return out
 
 
 @dataclass(frozen=True)
@@ -38,6 +84,11 @@ class ServerConfig:
         engine_processes: engine child processes, each with its own GIL (0: the engine runs in
             the server's process; None: one per CPU core for the CPU engine, 0 for the
             diffusion engine, which owns a GPU).
+        ice_servers: STUN/TURN servers for the server's peer connections and the page's; none by
+            default, so a loopback or LAN server makes no outbound request (see README, NAT).
+        ice_timeout_s: an answered offer whose peer does not connect within this long is closed
+            and its slot freed.
+        auth_token: when set, ``/offer`` (and ``/ice``) need ``Authorization: Bearer <token>``.
         uvloop: use uvloop when installed.
         log_level: Python logging level name.
     """
@@ -62,10 +113,14 @@ class ServerConfig:
     degrade_high: float = 0.9
     degrade_low: float = 0.55
     engine_processes: int | None = None
+    ice_servers: tuple[IceServer, ...] = ()
+    ice_timeout_s: float = 4.0
+    auth_token: str | None = None
     uvloop: bool = True
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "ice_servers", tuple(IceServer.parse(s) for s in self.ice_servers))
         problems = []
         if self.engine not in ENGINES:
             problems.append(f"engine must be one of {', '.join(ENGINES)} (got {self.engine!r})")
@@ -89,6 +144,10 @@ class ServerConfig:
             problems.append(f"audio_jitter_packets must be 0..16 (got {self.audio_jitter_packets})")
         if self.engine_processes is not None and not 0 <= self.engine_processes <= 64:
             problems.append(f"engine_processes must be 0..64 (got {self.engine_processes})")
+        if not 0.5 <= self.ice_timeout_s <= 60:
+            problems.append(f"ice_timeout_s must be 0.5..60 (got {self.ice_timeout_s})")
+        if self.auth_token is not None and len(self.auth_token) < 16:
+            problems.append("auth_token must be at least 16 characters (use a random one)")
         if not 0.0 < self.degrade_low < self.degrade_high:
             problems.append("degrade thresholds need 0 < degrade_low < degrade_high")
         if not self.http and not self.zmq:

@@ -19,6 +19,7 @@ class CloseReason(enum.Enum):
     PEER_CLOSED = "peer_closed"
     PEER_FAILED = "peer_failed"
     PEER_SILENT = "peer_silent"
+    ICE_TIMEOUT = "ice_timeout"
     ENGINE_FAILED = "engine_failed"
     INTERNAL_ERROR = "internal_error"
     OPEN_FAILED = "open_failed"

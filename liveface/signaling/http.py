@@ -1,23 +1,23 @@
-"""The aiohttp application: the page, ``POST /offer``, ``/health`` and ``/metrics``.
+"""The aiohttp application: the page, ``POST /offer``, ``/ice``, ``/health`` and ``/metrics``.
 
 State lives in ``web.AppKey`` s and is created and torn down by a cleanup context (CONVENTIONS #11).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
-from liveface.errors import AvatarError, BadInputError, CapacityError, NoFaceError
+from liveface.errors import BadInputError
 from liveface.runtime.events import CloseReason, SessionClosed, SessionEvent
-from liveface.runtime.runtime import Runtime, SessionRequest
+from liveface.runtime.runtime import Runtime
 from liveface.runtime.tasks import TaskSet
+from liveface.signaling.http_errors import errors_as_json, quiet_client_errors
+from liveface.signaling.offer import authorize, read_offer
 from liveface.signaling.webrtc import PeerSession, check_offer
 
 log = logging.getLogger(__name__)
@@ -28,78 +28,11 @@ TASKS = web.AppKey("tasks", TaskSet)
 PEERS: web.AppKey[set[PeerSession]] = web.AppKey("peers", set)
 
 
-def error_response(error: AvatarError, status: int) -> web.Response:
-    body = {"error": {"code": error.code, "message": str(error), "retryable": error.retryable}}
-    return web.json_response(body, status=status)
-
-
-def status_for(error: AvatarError) -> int:
-    if isinstance(error, CapacityError):
-        return 503
-    if isinstance(error, NoFaceError):
-        return 422
-    if isinstance(error, BadInputError):
-        return 400
-    return 500
-
-
-@web.middleware
-async def errors_as_json(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except AvatarError as e:
-        return error_response(e, status_for(e))
-    except web.HTTPRequestEntityTooLarge as e:
-        return error_response(BadInputError(f"request too large: {e.text}"), 413)
-
-
-async def _read_offer(request: web.Request) -> tuple[str, str, SessionRequest]:
-    """Parse ``{"sdp", "type", "prompt"?, "portrait"? (data URL), "options"?}`` or the same as a
-    multipart form. The portrait stays encoded here: it is decoded only once a slot is held."""
-    fields: dict[str, Any] = {}
-    if request.content_type.startswith("multipart/"):
-        reader = await request.multipart()
-        async for part in reader:
-            if not isinstance(part, BodyPartReader):
-                raise BadInputError("nested multipart bodies are not accepted")
-            if part.name == "portrait":
-                fields["portrait"] = await part.read()
-            elif part.name:
-                fields[part.name] = await part.text()
-    else:
-        try:
-            fields = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BadInputError(f"body is not valid JSON: {e}") from e
-    if not isinstance(fields, dict):
-        raise BadInputError('body must be a JSON object with "sdp" and "type"')
-    sdp, kind = fields.get("sdp"), fields.get("type")
-    if not isinstance(sdp, str) or not isinstance(kind, str):
-        raise BadInputError('"sdp" and "type" must be strings')
-    prompt = fields.get("prompt")
-    if prompt is not None and not isinstance(prompt, str):
-        raise BadInputError('"prompt" must be a string')
-    portrait = fields.get("portrait")
-    if portrait is not None and not isinstance(portrait, str | bytes | bytearray):
-        raise BadInputError('"portrait" must be an image (a data URL, or a file in a form)')
-    engine_options = fields.get("options") or {}
-    if isinstance(engine_options, str):
-        try:
-            engine_options = json.loads(engine_options)
-        except json.JSONDecodeError as e:
-            raise BadInputError(f'"options" is not valid JSON: {e}') from e
-    if not isinstance(engine_options, dict):
-        raise BadInputError('"options" must be an object')
-    raw = portrait.encode() if isinstance(portrait, str) else portrait
-    return sdp, kind, SessionRequest(bytes(raw) if raw else None, prompt, engine_options)
-
-
 async def offer(request: web.Request) -> web.Response:
     app = request.app
     runtime, tasks = app[RUNTIME], app[TASKS]
-    sdp, kind, session_request = await _read_offer(request)
+    authorize(request, runtime.config.auth_token)
+    sdp, kind, session_request = await read_offer(request)
     check_offer(sdp, kind)  # before any slot or portrait work
     peer: PeerSession | None = None
 
@@ -115,9 +48,12 @@ async def offer(request: web.Request) -> web.Response:
         session_request, runtime.stream_config(live=True), on_event
     )
     try:
-        peer = PeerSession(runtime, session, runtime.config.audio_jitter_packets, closed)
+        peer = PeerSession(runtime, session, closed)
         app[PEERS].add(peer)
         answer = await peer.answer(sdp, kind)
+        if request.transport is None or request.transport.is_closing():
+            # The client hung up while we answered: nobody will connect, free the slot now.
+            raise BadInputError("the client disconnected before the answer")
     except BaseException:
         if peer is not None:
             await peer.aclose(CloseReason.OPEN_FAILED)
@@ -139,6 +75,13 @@ async def offer(request: web.Request) -> web.Response:
 
 async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(WEB_DIR / "index.html")
+
+
+async def ice(request: web.Request) -> web.Response:
+    """The ICE servers the page's peer connection should use (the server's own)."""
+    config = request.app[RUNTIME].config
+    authorize(request, config.auth_token)
+    return web.json_response({"iceServers": [s.to_json() for s in config.ice_servers]})
 
 
 async def health(request: web.Request) -> web.Response:
@@ -166,6 +109,7 @@ def build_app(runtime: Runtime, own_runtime: bool = False) -> web.Application:
         own_runtime: start the runtime with the app and close it on cleanup (tests, and servers
             without ZeroMQ); otherwise the caller owns it.
     """
+    quiet_client_errors()
     app = web.Application(
         middlewares=[errors_as_json], client_max_size=int(runtime.config.max_upload_mb * 2**20)
     )
@@ -188,6 +132,7 @@ def build_app(runtime: Runtime, own_runtime: bool = False) -> web.Application:
     app.router.add_get("/", index)
     app.router.add_static("/static", WEB_DIR)
     app.router.add_post("/offer", offer)
+    app.router.add_get("/ice", ice)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     return app

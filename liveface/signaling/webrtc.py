@@ -10,10 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.rtp import RtpPacket
 from av import AudioFrame
 
 from liveface.errors import BadInputError
@@ -22,7 +20,8 @@ from liveface.runtime.metrics import SessionCounter
 from liveface.runtime.runtime import Runtime
 from liveface.runtime.session import Session
 from liveface.runtime.tasks import TaskSet
-from liveface.signaling.tracks import AvatarAudioTrack, AvatarVideoTrack
+from liveface.signaling.jitter import tune_audio_jitter
+from liveface.signaling.tracks import AUDIO_BLOCK_MS, AvatarAudioTrack, AvatarVideoTrack
 
 log = logging.getLogger(__name__)
 
@@ -30,62 +29,6 @@ log = logging.getLogger(__name__)
 #: while muted, so a healthy peer is never this quiet).
 PEER_SILENT_TIMEOUT_S = 5.0
 STATS_INTERVAL_S = 1.0
-
-
-class AudioJitterBuffer(JitterBuffer):
-    """aiortc's audio jitter buffer with a configurable hold, in whole packets.
-
-    aiortc holds 4 Opus packets (80 ms) before decoding. On a healthy path that is pure latency, so
-    the default here hands each packet on as soon as it is the next in sequence (``hold=0``); a
-    gap is skipped once ``hold`` newer packets are waiting, and a late packet is dropped.
-    """
-
-    def __init__(self, hold: int = 0) -> None:
-        super().__init__(capacity=16, prefetch=hold)
-        self._hold = hold
-        self._expected: int | None = None
-        self._waiting: dict[int, RtpPacket] = {}
-
-    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
-        seq = packet.sequence_number
-        if self._expected is None:
-            self._expected = seq
-        behind = (self._expected - seq) & 0xFFFF
-        if 0 < behind < 0x8000:
-            return False, None  # late: its time has passed
-        self._waiting[seq] = packet
-        return False, self._pop()
-
-    def _pop(self) -> JitterFrame | None:
-        assert self._expected is not None
-        packet = self._waiting.pop(self._expected, None)
-        if packet is None and len(self._waiting) > self._hold:
-            # The expected packet is lost: skip to the oldest one waiting.
-            seq = min(self._waiting, key=lambda s: (s - self._expected) & 0xFFFF)  # type: ignore[operator]
-            packet = self._waiting.pop(seq)
-            self._expected = seq
-        if packet is None:
-            return None
-        self._expected = (self._expected + 1) & 0xFFFF
-        # aiortc's receiver emits one frame per add(); a frame still waiting goes out next time.
-        return JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
-
-
-def tune_audio_jitter(pc: RTCPeerConnection, hold: int) -> int:
-    """Install :class:`AudioJitterBuffer` on every audio receiver of ``pc``; returns how many.
-
-    aiortc exposes no setting for this, so the receiver's private buffer is replaced; the test
-    suite checks that the attribute still exists in the installed aiortc.
-    """
-    count = 0
-    for t in pc.getTransceivers():
-        if t.kind == "audio":
-            attr = "_RTCRtpReceiver__jitter_buffer"
-            if not hasattr(t.receiver, attr):
-                raise RuntimeError("this aiortc has no receiver jitter buffer to tune")
-            setattr(t.receiver, attr, AudioJitterBuffer(hold))
-            count += 1
-    return count
 
 
 def check_offer(sdp: str, kind: str) -> None:
@@ -128,24 +71,27 @@ class PeerSession:
     """Owns a peer connection and the session behind it; ``aclose`` ends both.
 
     Args:
-        runtime: where the session was opened (and is closed).
+        runtime: where the session was opened (and is closed); its config gives the ICE
+            servers, the ICE deadline and the jitter buffer's least hold.
         session: the started session.
-        jitter_packets: audio packets the receiver holds before decoding (0: none).
         on_closed: called once the peer and its session have ended.
     """
 
     def __init__(
-        self,
-        runtime: Runtime,
-        session: Session,
-        jitter_packets: int,
-        on_closed: Callable[[PeerSession], None],
+        self, runtime: Runtime, session: Session, on_closed: Callable[[PeerSession], None]
     ) -> None:
         self.runtime = runtime
         self.session = session
+        config = runtime.config
         # No ICE servers unless configured: a loopback or LAN server makes no outbound requests.
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self._jitter = jitter_packets
+        servers = [
+            RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential)
+            for s in config.ice_servers
+        ]
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
+        self._jitter = config.audio_jitter_packets
+        self._ice_timeout = config.ice_timeout_s
+        self._connected = asyncio.Event()
         self._on_closed = on_closed
         self._tasks = TaskSet()
         self._closing = False
@@ -172,7 +118,11 @@ class PeerSession:
         pc.addTrack(self.video)
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
-        tune_audio_jitter(pc, self._jitter)
+        block = self.session.spec.sample_rate * AUDIO_BLOCK_MS // 1000
+        tune_audio_jitter(
+            pc, self._jitter, on_drop=lambda n: self.session.ingest.count_dropped(n * block)
+        )
+        self._tasks.spawn(self._ice_deadline())
         self._tasks.spawn(self._watchdog())
         return pc.localDescription
 
@@ -186,6 +136,8 @@ class PeerSession:
 
     def _on_state(self) -> None:
         state = self.pc.connectionState
+        if state == "connected":
+            self._connected.set()
         if state in ("failed", "closed"):
             reason = CloseReason.PEER_FAILED if state == "failed" else CloseReason.PEER_CLOSED
             self._tasks.spawn(self.aclose(reason))
@@ -205,6 +157,14 @@ class PeerSession:
             self.last_audio = time.monotonic()
             pts = None if frame.pts is None else clock.unwrap(int(frame.pts))
             session.push(session.ingest.push_frame(frame, pts))
+
+    async def _ice_deadline(self) -> None:
+        """An answered offer holds its slot only until its peer connects, or the deadline."""
+        try:
+            async with asyncio.timeout(self._ice_timeout):
+                await self._connected.wait()
+        except TimeoutError:
+            self._tasks.spawn(self.aclose(CloseReason.ICE_TIMEOUT))
 
     async def _watchdog(self) -> None:
         while not self._closing:

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from liveface.engines.base import EngineSpec
 from liveface.pipeline.stream import StreamConfig, StreamPipeline
@@ -73,3 +74,26 @@ def test_playback_events_follow_the_playhead():
     assert finished.kind.value == "playback_finished"
     assert not finished.interrupted
     assert abs(finished.position - 0.5) < 1e-6
+
+
+def test_live_jitter_raises_the_playout_delay_at_once_and_it_decays_slowly():
+    p = StreamPipeline(SPEC, StreamConfig(delay_ms=80, live=True, jitter_decay_ms=20.0))
+    block = 320  # 20 ms: block k ends at capture time t0 + 0.02 k
+    t0 = 100.0
+    p.push(speech(block), now=t0 + 0.02 + 0.03)  # the first block came 30 ms late
+    due0 = p.due(0)
+    # The next block comes on time: the anchor moves back, the playout does not.
+    p.push(speech(block), now=t0 + 0.04)
+    assert p.anchor == pytest.approx(t0)
+    assert p.due(0) == pytest.approx(due0, abs=1e-3)
+    assert p.jitter_s == pytest.approx(0.03, abs=1e-3)
+    # A block 70 ms late: the allowance jumps to cover it, so its frames are not late.
+    p.push(speech(block), now=t0 + 0.06 + 0.07)
+    assert p.jitter_s == pytest.approx(0.07, abs=1e-6)
+    assert p.stats.jitter_ms == pytest.approx(70.0, abs=1e-3)
+    assert p.stats.input_dropped_samples == 0  # jitter is not staleness
+    # Then calm: the allowance falls by 20 ms per second, not at once.
+    for k in range(4, 54):
+        p.push(speech(block), now=t0 + k * 0.02)
+    assert p.jitter_s == pytest.approx(0.07 - 0.02 * (1.06 - 0.13), abs=1e-6)
+    assert p.stats.input_dropped_samples == 0
