@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -146,6 +150,7 @@ class LocalServer:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 env=_child_env(),
+                preexec_fn=_die_with_parent(),
             )
         try:
             await self._wait_ready(address)
@@ -229,3 +234,14 @@ def _child_env() -> dict[str, str]:
     root = str(Path(liveface.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     return env
+
+
+def _die_with_parent() -> Callable[[], object] | None:
+    """On Linux, a ``preexec_fn`` asking for SIGTERM when the parent dies
+    (``prctl(PR_SET_PDEATHSIG)``), so a killed parent leaves no server behind. Everything is
+    looked up here, in the parent: the child between fork and exec only makes the call."""
+    if sys.platform != "linux":
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_pdeathsig = 1
+    return functools.partial(prctl, pr_set_pdeathsig, signal.SIGTERM)
