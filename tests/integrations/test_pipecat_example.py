@@ -169,3 +169,25 @@ async def test_example_bot_greets_speaks_and_stops_on_interrupt_over_webrtc():
         finally:
             await browser.close()
             await runner.cleanup()
+
+
+async def test_example_tts_reads_a_wav_file_or_runs_espeak(tmp_path):
+    example = load_example()
+    wav = tmp_path / "line.wav"
+    proc = await asyncio.create_subprocess_exec("espeak-ng", "-w", str(wav), "Hello there.")
+    assert await proc.wait() == 0
+    pcm, rate = example._read_wav(str(wav))
+    assert rate == 22050
+    assert len(pcm) > rate  # more than half a second of 16-bit audio
+    for tts, expected in (
+        (example.LocalTTSService(wav=str(wav)), pcm),
+        (example.LocalTTSService(), None),
+    ):
+        frames = [f async for f in tts.run_tts("Hello there.", "ctx")]
+        audio = b"".join(f.audio for f in frames)
+        assert all(f.sample_rate == 22050 and f.context_id == "ctx" for f in frames)
+        assert max(f.num_frames for f in frames) == int(22050 * example.CHUNK_S)
+        if expected is not None:
+            assert audio == expected  # the file, whatever the text
+        else:
+            assert abs(len(audio) - len(pcm)) < 0.1 * len(pcm)  # espeak says the same line

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +130,45 @@ async def test_local_warp_server_speaks_returns_to_idle_and_is_stopped_at_the_en
     assert server.returncode is not None
     socket_dir = Path(address.removeprefix("ipc://")).parent
     assert not await asyncio.to_thread(socket_dir.exists)
+
+
+PARENT = """
+import asyncio, sys
+from liveface.integrations.local_server import LocalServer
+
+async def main():
+    server = LocalServer()
+    await server.start()
+    print(server._proc.pid, flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's parent may be slow to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="Linux only")
+async def test_the_server_dies_with_a_killed_parent():
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", PARENT, stdout=asyncio.subprocess.PIPE
+    )
+    assert parent.stdout is not None
+    try:
+        async with asyncio.timeout(120):
+            pid = int(await parent.stdout.readline())
+        assert running(pid)
+    finally:
+        parent.kill()  # no cleanup runs in the parent
+        await parent.wait()
+    async with asyncio.timeout(15):
+        while await asyncio.to_thread(running, pid):
+            await asyncio.sleep(0.1)
