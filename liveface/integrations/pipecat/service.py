@@ -79,6 +79,7 @@ class LivefaceVideoService(AIService):
         wait_for_transport: drop the avatar's frames until the output transport reports it is
             ready (``OutputTransportReadyFrame``), as pipecat's video services do; set False in a
             pipeline without a pipecat output transport.
+        connect_timeout_s: how long a server at ``address`` may take to answer a first ping.
         open_timeout_s: how long opening the avatar session may take.
         **kwargs: passed to pipecat's ``AIService`` (``name``, ...).
     """
@@ -95,6 +96,7 @@ class LivefaceVideoService(AIService):
         jpeg_quality: int | None = None,
         curve: CurveKeys | None = None,
         wait_for_transport: bool = True,
+        connect_timeout_s: float = 5.0,
         open_timeout_s: float = 60.0,
         **kwargs: Any,
     ) -> None:
@@ -111,6 +113,7 @@ class LivefaceVideoService(AIService):
         self._format = image_format
         self._jpeg_quality = jpeg_quality
         self._curve = curve
+        self._connect_timeout_s = connect_timeout_s
         self._open_timeout_s = open_timeout_s
         self._transport_ready = not wait_for_transport
 
@@ -149,9 +152,12 @@ class LivefaceVideoService(AIService):
                 self._spawn(self._watch_server(self._server))
             else:
                 address = self._address
-            self._client = await AsyncClient(
+            self._client = client = AsyncClient(
                 address, curve=self._curve, open_timeout_s=self._open_timeout_s
-            ).connect()
+            )
+            await client.connect()
+            async with asyncio.timeout(self._connect_timeout_s):  # fail fast: nobody there
+                await client.ping()
             await self._open_session()
         except Exception as e:
             await self.push_error(
@@ -321,11 +327,16 @@ class LivefaceVideoService(AIService):
 
     async def _receive(self, session: RemoteSession) -> None:
         """Push the server's frames downstream and act on its events, in arrival order."""
-        async for item in session:
-            if isinstance(item, ServerFrame):
-                await self._on_frame(item)
-            else:
-                await self._on_event(session, item)
+        try:
+            async for item in session:
+                if isinstance(item, ServerFrame):
+                    await self._on_frame(item)
+                else:
+                    await self._on_event(session, item)
+        except Exception as e:  # a bug here must not pass silently: the avatar would freeze
+            await self.push_error(
+                error_msg=f"liveface: receiving frames failed: {e!r}", exception=e
+            )
 
     async def _on_frame(self, frame: ServerFrame) -> None:
         self._stale.seen(frame)
