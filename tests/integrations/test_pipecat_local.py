@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,56 +20,12 @@ from pipecat.frames.frames import (
     TTSStoppedFrame,
 )
 
-from liveface.errors import ConfigError
-from liveface.integrations.pipecat import (
-    LivefaceVideoService,
-    LocalServer,
-    LocalServerConfig,
-    LocalServerError,
-)
+from liveface.integrations.pipecat import LivefaceVideoService, LocalServerConfig
 from tests.integrations.pipecat_harness import Bot, pipeline
 from tests.zmq.helpers import speech, to_s16
 
 SIZE = 256
 TTS_RATE = 22050  # espeak-ng's rate; the server resamples
-
-
-def test_config_is_checked_and_becomes_a_serve_command(tmp_path):
-    with pytest.raises(ConfigError, match="engine must be one of"):
-        LocalServerConfig(engine="gpu")
-    with pytest.raises(ConfigError, match="size must be"):
-        LocalServerConfig(size=(0, 256))
-    with pytest.raises(ConfigError, match="is not a file"):
-        LocalServerConfig(portrait=str(tmp_path / "missing.jpg"))
-    cmd = LocalServerConfig(size=(320, 240), fps=30, extra_args=("--chunk-frames", "2")).command(
-        "ipc:///x"
-    )
-    assert cmd[1:] == [
-        "-m",
-        "liveface",
-        "serve",
-        "--no-http",
-        "--zmq",
-        "ipc:///x",
-        "--engine",
-        "warp",
-        "--log-level",
-        "WARNING",
-        "--fps",
-        "30",
-        "--size",
-        "320x240",
-        "--chunk-frames",
-        "2",
-    ]
-
-
-async def test_a_server_that_cannot_start_is_an_error_quoting_its_log():
-    server = LocalServer(LocalServerConfig(fps=0))  # the server refuses fps 0
-    with pytest.raises(LocalServerError, match="exited with status 2") as info:
-        await server.start()
-    assert "fps must be" in str(info.value)
-    assert server.returncode == 2
 
 
 def image(frame: OutputImageRawFrame) -> np.ndarray:
@@ -117,7 +72,12 @@ async def test_local_warp_server_speaks_returns_to_idle_and_is_stopped_at_the_en
     chunk = 1  # the warp engine's chunk_frames
     after_images = [f for f in after if isinstance(f, OutputImageRawFrame)]
     first = after_images[0].metadata["liveface"]["index"]
-    late = [f for f in after_images if f.metadata["liveface"]["index"] >= first + chunk]
+    # (Repeats sent while a busy machine's engine was late, fresh=False, are not counted.)
+    late = [
+        f
+        for f in after_images
+        if f.metadata["liveface"]["index"] >= first + chunk and f.metadata["liveface"]["fresh"]
+    ]
     assert len(late) >= 10
     assert max(float(np.abs(image(f) - rest).max()) for f in late) == 0  # back at rest
     after_audio = [f for f in after if isinstance(f, SpeechOutputAudioRawFrame)]
@@ -130,45 +90,3 @@ async def test_local_warp_server_speaks_returns_to_idle_and_is_stopped_at_the_en
     assert server.returncode is not None
     socket_dir = Path(address.removeprefix("ipc://")).parent
     assert not await asyncio.to_thread(socket_dir.exists)
-
-
-PARENT = """
-import asyncio, sys
-from liveface.integrations.local_server import LocalServer
-
-async def main():
-    server = LocalServer()
-    await server.start()
-    print(server._proc.pid, flush=True)
-    await asyncio.sleep(600)
-
-asyncio.run(main())
-"""
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie (an orphan's parent may be slow to reap it)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="Linux only")
-async def test_the_server_dies_with_a_killed_parent():
-    parent = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", PARENT, stdout=asyncio.subprocess.PIPE
-    )
-    assert parent.stdout is not None
-    try:
-        async with asyncio.timeout(120):
-            pid = int(await parent.stdout.readline())
-        assert running(pid)
-    finally:
-        parent.kill()  # no cleanup runs in the parent
-        await parent.wait()
-    async with asyncio.timeout(15):
-        while await asyncio.to_thread(running, pid):
-            await asyncio.sleep(0.1)
