@@ -4,6 +4,7 @@ server's log, and a server that dies with its parent."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sys
 from pathlib import Path
 
@@ -58,7 +59,7 @@ from liveface.integrations.local_server import LocalServer
 async def main():
     server = LocalServer()
     await server.start()
-    print(server._proc.pid, flush=True)
+    print(server._proc.pid, server._dir, flush=True)
     await asyncio.sleep(600)
 
 asyncio.run(main())
@@ -83,11 +84,15 @@ async def test_the_server_dies_with_a_killed_parent():
     assert parent.stdout is not None
     try:
         async with asyncio.timeout(120):
-            pid = int(await parent.stdout.readline())
+            pid_text, private_dir = (await parent.stdout.readline()).decode().split()
+        pid = int(pid_text)
         assert running(pid)
     finally:
         parent.kill()  # no cleanup runs in the parent
         await parent.wait()
-    async with asyncio.timeout(15):
-        while await asyncio.to_thread(running, pid):
-            await asyncio.sleep(0.1)
+    try:
+        async with asyncio.timeout(15):
+            while await asyncio.to_thread(running, pid):
+                await asyncio.sleep(0.1)
+    finally:  # what the killed parent could not remove
+        await asyncio.to_thread(shutil.rmtree, private_dir, True)
