@@ -22,7 +22,7 @@ from pipecat.frames.frames import (
 
 from liveface.integrations.pipecat import LivefaceVideoService, LocalServerConfig
 from tests.integrations.pipecat_harness import Bot, pipeline
-from tests.zmq.helpers import speech, to_s16
+from tests.signaling.zmq.helpers import speech, to_s16
 
 SIZE = 256
 TTS_RATE = 22050  # espeak-ng's rate; the server resamples

@@ -26,7 +26,7 @@ from scipy.signal import resample_poly
 from liveface.integrations.pipecat import LivefaceVideoService
 from tests.doubles import PatternEngine, decode_index, mouth_level
 from tests.integrations.pipecat_harness import OUT_RATE, Bot, pipeline
-from tests.zmq.helpers import IDLE_LEVEL, speech, to_s16, zmq_server
+from tests.signaling.zmq.helpers import IDLE_LEVEL, speech, to_s16, zmq_server
 
 SIZE = 64
 TTS_RATE = 24000
