@@ -31,7 +31,8 @@ from liveface.engines.warp.mesh import lower_face_roi, mouth_geometry
 MIN_OPENING = 0.012
 #: Share of the opening the jaw closes; the lips stretch over the rest.
 JAW_SHARE = 0.6
-#: How far past the landmark contour (share of each lip's thickness) the opening may reach.
+#: How far past the landmark contour (share of each lip's thickness) a colour cue may take the
+#: opening (a dark one takes it up to the outer contour).
 SCAN_INTO_LIP = 0.35
 #: A column is open when at least this share of the rows between the landmark contours is foreign.
 OPEN_SHARE = 0.5
@@ -53,7 +54,8 @@ class ClosedMouth:
     Attributes:
         image: uint8 RGB ``(H, W, 3)``, equal to the input outside ``box``.
         landmarks: float32 ``(478, 2)``; both inner lip contours lie on the contact line.
-        rest_gap: the widest opening found between the lips, pixels (0 for a closed mouth).
+        rest_gap: the opening found between the lips in the middle of the mouth, pixels (0 for
+            a closed mouth).
         box: ``(y0, y1, x0, x1)`` the region that was rewritten (empty when nothing was).
     """
 
@@ -79,9 +81,14 @@ def close_mouth(image: np.ndarray, lm: np.ndarray, face_height: float) -> Closed
     rows = np.arange(y0, y1, dtype=np.float64)[:, None]
     # The jaw's rise: lens-shaped like the opening at the lower lip, the width of the chin lower
     # down, nothing above the lips' contact line; it fades out towards the ROI's bottom edge.
-    lift_lip = JAW_SHARE * gap
-    peak = float(lift_lip.max())
     r = geo.half_width
+    middle = np.abs(xs - geo.xc) <= 0.35 * r
+    central = float(np.median(gap[middle])) if middle.any() else 0.0
+    # The jaw rises by a share of the opening in the middle of the mouth; at the sides the lower
+    # lip rises as far as the (smaller) opening there allows. Dark corners of a closed smile
+    # must not lift the chin.
+    lift_lip = JAW_SHARE * np.minimum(gap, central)
+    peak = JAW_SHARE * central
     broad = np.exp(-((np.maximum(np.abs(xs - geo.xc) - r, 0.0) / (0.9 * r)) ** 2))
     broad *= _smoothstep(np.minimum(xs - x0, x1 - 1 - xs) / (0.1 * face_height))  # ROI sides stay
     line = geo.line(xs)
@@ -133,7 +140,7 @@ def close_mouth(image: np.ndarray, lm: np.ndarray, face_height: float) -> Closed
         px = moved[idx, 0].astype(np.float64)
         closed = np.interp(px, xs, gap) > 0.0
         moved[idx, 1] = np.where(closed, np.interp(px, xs, contact), moved[idx, 1])
-    return ClosedMouth(out, moved, float(gap.max()), (y0, y1, x0, x1))
+    return ClosedMouth(out, moved, central, (y0, y1, x0, x1))
 
 
 def _frontal_enough(lm: np.ndarray) -> bool:
@@ -190,7 +197,7 @@ class _Opening:
 def measure_opening(image: np.ndarray, lm: np.ndarray, xs: np.ndarray, face: float) -> _Opening:
     """Find the opening of ``image (H, W, 3)`` at columns ``xs (k,)`` (see module docstring).
 
-    Each lip's colour is the median of the middle of its band. A pixel is foreign to a lip when it
+    Each lip's colour comes from the middle of its band. A pixel is foreign to a lip when it
     is much darker, and, in a colour photo whose lips are clearly redder than what shows between
     them, less red; in a grey photo, when it is much brighter than both lips. Per column, the
     opening spans the landmarks' gap where most of it is foreign to both lips (else only the
@@ -209,12 +216,21 @@ def measure_opening(image: np.ndarray, lm: np.ndarray, xs: np.ndarray, face: flo
     cols = xs.astype(np.int64)
 
     def core(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """Median Lab ``(3,)`` of the middle 40% of the band between two contours."""
-        a = np.ceil(lo + 0.3 * (hi - lo)).astype(np.int64)
-        b = np.floor(lo + 0.7 * (hi - lo)).astype(np.int64)
+        """Lab ``(3,)`` of the middle 60% of the band between two contours.
+
+        Lightness is the upper quartile rather than the median: when the face mesh takes part of
+        a dark opening for lip, the lip's own, lighter pixels still set the reference.
+        """
+        a = np.ceil(lo + 0.2 * (hi - lo)).astype(np.int64)
+        b = np.floor(lo + 0.8 * (hi - lo)).astype(np.int64)
         pix = [lab[a[i] : b[i] + 1, cols[i]] for i in np.nonzero(inside)[0]]
         pix = [p for p in pix if p.size]
-        return np.median(np.concatenate(pix), axis=0) if pix else np.full(3, np.nan, np.float32)
+        if not pix:
+            return np.full(3, np.nan, np.float32)
+        allpix = np.concatenate(pix)
+        out = np.median(allpix, axis=0)
+        out[0] = np.percentile(allpix[:, 0], 75)
+        return out
 
     up_lip, low_lip, between = core(ou, u), core(d, od), core(u, d)
     if np.isnan(up_lip).any() or np.isnan(low_lip).any():
@@ -224,8 +240,10 @@ def measure_opening(image: np.ndarray, lm: np.ndarray, xs: np.ndarray, face: flo
     redder = min(up_lip[1], low_lip[1]) - between[1] >= MIN_REDNESS_STEP
     brightest = max(up_lip[0], low_lip[0]) + BRIGHTER
 
-    def foreign(pix: np.ndarray, lip: np.ndarray) -> np.ndarray:
+    def foreign(pix: np.ndarray, lip: np.ndarray, dark_only: bool) -> np.ndarray:
         out = pix[:, 0] < lip[0] - DARKER
+        if dark_only:
+            return out
         if redder:
             return out | (pix[:, 1] < (lip[1] + between[1]) / 2)
         return out | (pix[:, 0] > brightest)
@@ -233,12 +251,19 @@ def measure_opening(image: np.ndarray, lm: np.ndarray, xs: np.ndarray, face: flo
     mid = (u + d) / 2
     raw = np.zeros(xs.size)
     for i in np.nonzero(inside)[0]:
-        lo = int(np.floor(u[i] - SCAN_INTO_LIP * (u[i] - ou[i])))
-        hi = int(np.ceil(d[i] + SCAN_INTO_LIP * (od[i] - d[i]))) + 1
+        # The whole column between the outer contours is read; colour may claim pixels up to
+        # SCAN_INTO_LIP into a lip, darkness (a cavity is never lip) up to its outer edge.
+        lo, hi = int(np.ceil(ou[i])) + 1, int(np.floor(od[i]))
+        if hi - lo < 2:
+            continue
         pix = lab[lo:hi, cols[i]]
-        to_up, to_low = foreign(pix, up_lip), foreign(pix, low_lip)
-        seeds = np.arange(int(np.round(u[i])), int(np.round(d[i])) + 1) - lo
-        seeds = seeds[(seeds >= 0) & (seeds < pix.shape[0])]
+        rows = np.arange(lo, hi)
+        reach = (rows >= u[i] - SCAN_INTO_LIP * (u[i] - ou[i])) & (
+            rows <= d[i] + SCAN_INTO_LIP * (od[i] - d[i])
+        )
+        to_up = foreign(pix, up_lip, False) & reach | foreign(pix, up_lip, True)
+        to_low = foreign(pix, low_lip, False) & reach | foreign(pix, low_lip, True)
+        seeds = np.nonzero((rows >= np.round(u[i])) & (rows <= np.round(d[i])))[0]
         hit = seeds[to_up[seeds] & to_low[seeds]]
         if seeds.size > 1 and (not redder or hit.size >= OPEN_SHARE * seeds.size):
             # Open here: everything between the landmark contours goes, and whatever foreign
