@@ -35,7 +35,14 @@ LAG_WINDOW_HZ = 50.0
 F1_RANGE = (180.0, 1100.0)
 F2_MAX = 3200.0
 F2_MIN_SEPARATION = 150.0
-#: F1 of a closed and of a fully open jaw (Hz), for an adult male voice tract.
+#: Typical F3 (Hz) of the adult male voice the thresholds below are set for; a talker's own F3,
+#: followed by a slow running mean over voiced frames (this share per frame), rescales the
+#: formants within these bounds.
+REFERENCE_F3 = 2450.0
+F3_RANGE = (1800.0, 3900.0)
+F3_RATE = 0.03
+MIN_SCALE, MAX_SCALE = 0.8, 1.15
+#: F1 of a closed and of a fully open jaw (Hz), for an adult male vocal tract.
 F1_CLOSED, F1_OPEN = 300.0, 750.0
 #: F2 over which a vowel is spread, and its span to fully spread (Hz).
 F2_SPREAD, F2_SPREAD_SPAN = 1750.0, 400.0
@@ -78,7 +85,7 @@ def _ramp(x: float, start: float, span: float) -> float:
 
 
 class SpectralAnalyzer:
-    """Formants and band shares of short frames at one sample rate (reusable, not thread-safe).
+    """Formants and band shares of one talker's frames (keeps the talker's F3; one per session).
 
     Args:
         sample_rate: audio rate (Hz), at least 8 kHz.
@@ -88,6 +95,7 @@ class SpectralAnalyzer:
         self._sr = sample_rate
         lag = 2.0 * np.pi * LAG_WINDOW_HZ * np.arange(LPC_ORDER + 1) / 8000.0
         self._lag_window = np.exp(-0.5 * lag**2)
+        self._f3_log = math.log(REFERENCE_F3)
         self._plans: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         self._env_freqs = np.arange(257) * (4000.0 / 256)  # bins of a 512-point rfft at 8 kHz
 
@@ -122,13 +130,19 @@ class SpectralAnalyzer:
             return Cues(0.5, 0.0, 0.0, 0.0, 0.0)
         low = float(power[low_band].sum()) / total
         high = float(power[high_band].sum()) / total
-        f1, f2 = self._formants(power * lpc_weight)
+        db = 10.0 * math.log10(total / (n * float(np.square(window).sum())) + 1e-12)
+        f1, f2, f3 = self._formants(power * lpc_weight)
+        if F3_RANGE[0] <= f3 <= F3_RANGE[1] and low < MURMUR_SHARE and peak_db - db < 15.0:
+            self._f3_log += F3_RATE * (math.log(f3) - self._f3_log)
+        # Formants scale with the length of the vocal tract: a voice whose F3 runs high (a woman's,
+        # a child's) has every formant higher for the same mouth.
+        scale = min(MAX_SCALE, max(MIN_SCALE, math.exp(math.log(REFERENCE_F3) - self._f3_log)))
+        f1, f2 = f1 * scale, f2 * scale
         openness = 0.5 if math.isnan(f1) else _ramp(f1, F1_CLOSED, F1_OPEN - F1_CLOSED)
         spread = rounding = 0.0
         if not math.isnan(f2):
             spread = _ramp(f2, F2_SPREAD, F2_SPREAD_SPAN) * (1.0 - 0.5 * openness)
             rounding = _ramp(f2, F2_ROUND, -F2_ROUND_SPAN) * _ramp(f1, F1_ROUND, -F1_ROUND_SPAN)
-        db = 10.0 * math.log10(total / (n * float(np.square(window).sum())) + 1e-12)
         closure = self._stop(x, peak_db)
         if not math.isnan(f1):
             murmur = (
@@ -156,12 +170,13 @@ class SpectralAnalyzer:
             cue *= _ramp(peak_db - float(level[-1]), ONSET_DIP_DB, ONSET_DIP_SPAN_DB)
         return cue
 
-    def _formants(self, weighted: np.ndarray) -> tuple[float, float]:
-        """F1 and F2 (Hz, NaN when absent) from a pre-emphasised, 0-4 kHz power spectrum."""
+    def _formants(self, weighted: np.ndarray) -> tuple[float, float, float]:
+        """F1, F2, F3 (Hz, NaN when absent) from a pre-emphasised, 0-4 kHz power spectrum."""
+        nan = math.nan
         # Autocorrelation of the band-limited sound; every other lag is that of the 8 kHz sound.
         r = np.fft.irfft(weighted)[: 2 * LPC_ORDER + 1 : 2]
         if r[0] <= 0.0:
-            return math.nan, math.nan
+            return nan, nan, nan
         a = _levinson(r * self._lag_window, LPC_ORDER)
         envelope = -np.abs(np.fft.rfft(a, 512))  # peaks of 1/|A| are minima of |A|
         f = self._env_freqs
@@ -169,10 +184,13 @@ class SpectralAnalyzer:
         peaks = f[1:-1][peak]
         f1s = peaks[(peaks >= F1_RANGE[0]) & (peaks <= F1_RANGE[1])]
         if f1s.size == 0:
-            return math.nan, math.nan
+            return nan, nan, nan
         f1 = float(f1s[0])
         f2s = peaks[(peaks >= f1 + F2_MIN_SEPARATION) & (peaks <= F2_MAX)]
-        return f1, float(f2s[0]) if f2s.size else math.nan
+        if f2s.size == 0:
+            return f1, nan, nan
+        f3s = peaks[peaks >= f2s[0] + F2_MIN_SEPARATION]
+        return f1, float(f2s[0]), float(f3s[0]) if f3s.size else nan
 
 
 def _levinson(r: np.ndarray, order: int) -> np.ndarray:

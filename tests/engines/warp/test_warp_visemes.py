@@ -166,9 +166,11 @@ def test_bilabials_close_the_lips(words):
         gap = measured[w][:, 1]
         gap = np.where(np.isfinite(gap), gap, 0.0)
         peak = float(gap.max())
-        # From the first vowel to the last (the second may be a close one, as in "happy").
-        opened = np.nonzero(gap > max(OPEN_PX, 0.3 * peak))[0]
-        between = gap[opened[0] : opened[-1] + 1]
+        # From the first vowel's opening to the last visibly open frame (the second vowel may
+        # be a close one, as in "happy").
+        first = int(np.argmax(gap > 0.5 * peak))
+        last = int(np.nonzero(gap > OPEN_PX)[0][-1])
+        between = gap[first : last + 1]
         closing[w] = max(float(between.min()), 0.0) / peak
     print(
         "\nnarrowest gap between the vowels, share of the widest: "
