@@ -57,12 +57,15 @@ class ClosedMouth:
         rest_gap: the opening found between the lips in the middle of the mouth, pixels (0 for
             a closed mouth).
         box: ``(y0, y1, x0, x1)`` the region that was rewritten (empty when nothing was).
+        opening: float32 ``(H, W)``, 1 where the input showed its opening (teeth, cavity), soft
+            at the edges; None when nothing was closed.
     """
 
     image: np.ndarray
     landmarks: np.ndarray
     rest_gap: float
     box: tuple[int, int, int, int]
+    opening: np.ndarray | None = None
 
 
 def close_mouth(image: np.ndarray, lm: np.ndarray, face_height: float) -> ClosedMouth:
@@ -140,7 +143,12 @@ def close_mouth(image: np.ndarray, lm: np.ndarray, face_height: float) -> Closed
         px = moved[idx, 0].astype(np.float64)
         closed = np.interp(px, xs, gap) > 0.0
         moved[idx, 1] = np.where(closed, np.interp(px, xs, contact), moved[idx, 1])
-    return ClosedMouth(out, moved, central, (y0, y1, x0, x1))
+    # Where the teeth were: the interior shows them again when the mouth opens (teeth do not
+    # move with the lips).
+    edge = np.minimum(rows - top + 0.5, bot - rows + 0.5)
+    opening = np.zeros((h, w), np.float32)
+    opening[y0:y1, x0:x1] = np.where(mouth, np.clip(edge, 0.0, 1.0), 0.0)
+    return ClosedMouth(out, moved, central, (y0, y1, x0, x1), opening)
 
 
 def _frontal_enough(lm: np.ndarray) -> bool:

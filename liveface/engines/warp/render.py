@@ -81,7 +81,11 @@ def build_rig(face: AlignedFace) -> FaceRig:
     d = mesh.displacements
     extremes = [local + d[0] + d[1], local + d[0] + d[2], local + d[1], local + d[2]]
     roi_image = np.ascontiguousarray(image[y0:y1, x0:x1])
-    interior = build_interior(roi_image, local, extremes, (y1 - y0, x1 - x0), geo.half_width)
+    original = face.image[y0:y1, x0:x1]
+    opening = None if closed.opening is None else closed.opening[y0:y1, x0:x1]
+    interior = build_interior(
+        roi_image, local, extremes, (y1 - y0, x1 - x0), geo.half_width, original, opening
+    )
     by0, by1, bx0, bx1 = interior.box
     return FaceRig(
         portrait=image,
