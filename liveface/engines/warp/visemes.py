@@ -15,6 +15,8 @@ and clearly quieter than the talker's recent vowels, is the lips closed on "m" o
 "b"; 10 ms of near silence inside the frame is the closure of a stop ("p", "b", also "t", "k":
 without lookahead the burst that tells them apart has not been heard yet, and the jaw is nearly
 closed for all of them), which lasts a frame or less and would be lost in the frame's mean level.
+The thresholds are set for an adult male voice; a running mean of the talker's F3 rescales F1 and
+F2 first, since all formants rise together in a shorter vocal tract.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ F2_MIN_SEPARATION = 150.0
 REFERENCE_F3 = 2450.0
 F3_RANGE = (1800.0, 3900.0)
 F3_RATE = 0.03
+#: Only frames this close to the talker's peak (dB), not murmurs, teach the talker's F3.
+F3_MAX_DIP_DB = 15.0
 MIN_SCALE, MAX_SCALE = 0.8, 1.15
 #: F1 of a closed and of a fully open jaw (Hz), for an adult male vocal tract.
 F1_CLOSED, F1_OPEN = 300.0, 750.0
@@ -58,6 +62,8 @@ STOP_BLOCK_S = 0.01
 STOP_DIP_DB, STOP_DIP_SPAN_DB = 25.0, 10.0
 #: ...unless the frame ends within this much of the peak (dB): then the silence was an onset's.
 ONSET_DIP_DB, ONSET_DIP_SPAN_DB = 12.0, 8.0
+#: Share of energy over 3 kHz from which a frame is a fricative, and its span to fully one.
+HIGH_SHARE, HIGH_SHARE_SPAN = 0.2, 0.5
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,7 @@ class Cues:
         openness: how far the jaw is open for this sound (from F1).
         spread: lips spread ("ee").
         rounding: lips rounded and pushed forward ("oo").
-        closure: lips closed on a bilabial murmur ("m", the voice bar of "b").
+        closure: lips closed: a bilabial murmur ("m", the voice bar of "b") or a stop's silence.
         high: share of fricative noise (teeth close, lips a little spread).
     """
 
@@ -130,9 +136,10 @@ class SpectralAnalyzer:
             return Cues(0.5, 0.0, 0.0, 0.0, 0.0)
         low = float(power[low_band].sum()) / total
         high = float(power[high_band].sum()) / total
-        db = 10.0 * math.log10(total / (n * float(np.square(window).sum())) + 1e-12)
+        db = 10.0 * math.log10(float(np.mean(np.square(x, dtype=np.float64))) + 1e-12)
         f1, f2, f3 = self._formants(power * lpc_weight)
-        if F3_RANGE[0] <= f3 <= F3_RANGE[1] and low < MURMUR_SHARE and peak_db - db < 15.0:
+        voiced = low < MURMUR_SHARE and peak_db - db < F3_MAX_DIP_DB
+        if voiced and F3_RANGE[0] <= f3 <= F3_RANGE[1]:
             self._f3_log += F3_RATE * (math.log(f3) - self._f3_log)
         # Formants scale with the length of the vocal tract: a voice whose F3 runs high (a woman's,
         # a child's) has every formant higher for the same mouth.
@@ -151,7 +158,7 @@ class SpectralAnalyzer:
                 * _ramp(peak_db - db, MURMUR_DIP_DB, MURMUR_DIP_SPAN_DB)
             )
             closure = max(closure, murmur)
-        return Cues(openness, spread, rounding, closure, _ramp(high, 0.2, 0.5))
+        return Cues(openness, spread, rounding, closure, _ramp(high, HIGH_SHARE, HIGH_SHARE_SPAN))
 
     def _stop(self, x: np.ndarray, peak_db: float) -> float:
         """How surely ``x (n,)`` holds a stop's silent closure: its quietest 10 ms against the peak.
