@@ -171,28 +171,26 @@ def metrics() -> type[Metrics]:
 class LipMeter:
     """Lip opening of rendered frames, measured by MediaPipe's face mesh on the pixels alone.
 
-    ``measure(frames (n, H, W, 3))`` returns ``(n, 2)``: the width between the inner mouth corners
-    and the mean gap between the inner lips at the three middle pairs, pixels (NaN without face).
+    The mesh is the project's LiteRT port of MediaPipe's static-image face mesh
+    (:func:`liveface.engines.warp.facemesh.face_mesh`): each frame is measured on its own, from its
+    pixels, never from the engine's landmarks. ``measure(frames (n, H, W, 3))`` returns ``(n, 2)``:
+    the width between the inner mouth corners and the mean gap between the inner lips at the three
+    middle pairs, pixels (NaN without a face).
     """
 
     MIDDLE_UPPER = (82, 13, 312)
     MIDDLE_LOWER = (87, 14, 317)
     CORNERS = (78, 308)
 
-    def __init__(self) -> None:
-        face_mesh = pytest.importorskip("mediapipe.python.solutions.face_mesh")
-        # Static mode: every frame is measured on its own, never tracked from the previous one.
-        self._mesh = face_mesh.FaceMesh(
-            static_image_mode=True, max_num_faces=1, refine_landmarks=True
-        )
-
     def landmarks(self, image: np.ndarray) -> np.ndarray | None:
         """``(478, 2)`` pixel landmarks of the face in ``image (H, W, 3)``, or None."""
-        result = self._mesh.process(np.ascontiguousarray(image))
-        if not result.multi_face_landmarks:
+        from liveface.engines.warp.facemesh import face_mesh
+
+        faces = face_mesh(np.ascontiguousarray(image), max_faces=1)
+        if not faces:
             return None
         h, w = image.shape[:2]
-        return np.array([(p.x * w, p.y * h) for p in result.multi_face_landmarks[0].landmark])
+        return faces[0].astype(np.float64) * np.array([w, h])
 
     def measure(self, frames: np.ndarray) -> np.ndarray:
         out = np.full((len(frames), 2), np.nan)
@@ -204,12 +202,7 @@ class LipMeter:
                 out[i, 1] = float(np.mean(gap))
         return out
 
-    def close(self) -> None:
-        self._mesh.close()
-
 
 @pytest.fixture(scope="session")
-def lips():
-    meter = LipMeter()
-    yield meter
-    meter.close()
+def lips() -> LipMeter:
+    return LipMeter()
