@@ -64,8 +64,23 @@ class WarpState(EngineState):
 
     @property
     def portrait(self) -> np.ndarray:
-        """The aligned rest frame, uint8 ``(H, W, 3)``."""
+        """The aligned rest frame (lips closed), uint8 ``(H, W, 3)``."""
         return self._rig().portrait
+
+    @property
+    def original(self) -> np.ndarray:
+        """The aligned portrait before its lips were closed, uint8 ``(H, W, 3)``."""
+        return self._rig().original
+
+    @property
+    def original_landmarks(self) -> np.ndarray:
+        """Landmarks of :attr:`original`, float32 ``(478, 2)`` output pixels."""
+        return self._rig().original_landmarks
+
+    @property
+    def rest_gap(self) -> float:
+        """How far apart the portrait's own lips were, output pixels (0 for a closed mouth)."""
+        return self._rig().rest_gap
 
     @property
     def landmarks(self) -> np.ndarray:

@@ -3,8 +3,9 @@
 Where the jaw has opened the lips, the warped portrait has no real pixels (see ``mesh``), so this
 layer is drawn inside the deformed inner-lip polygon: a dark cavity, the upper teeth hanging from
 the upper lip, a hint of the lower teeth and the tongue when the mouth is wide open. Whatever the
-portrait already showed between its lips (a smile's teeth) stays on top of it, anchored to the upper
-lip, so a smiling photo keeps its own teeth.
+portrait showed between its lips as photographed (a smile's teeth, which ``closure`` covered for
+the rest frame) is shown again where it was, on top of the painting: teeth sit on the skull and do
+not move with the lips, so a smiling photo keeps its own teeth.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class MouthInterior:
 
     Attributes:
         box: ``(y0, y1, x0, x1)`` ROI-local, large enough for the widest-open mouth.
-        keep: float32 ``(bh, bw)`` weight of the portrait's own rest opening (1 keeps its pixels).
+        keep: float32 ``(bh, bw)`` weight of the portrait's own opening (1 shows its pixels).
+        own: float32 ``(bh, bw, 3)`` the photographed portrait's pixels in the box.
         rest_gap: float32 ``(11,)`` rest distance between paired inner-lip points.
         half_width: rest mouth half-width (outer corners), pixels.
         colors: float32 ``(3, 3)`` cavity, tongue and teeth colours for this portrait.
@@ -49,6 +51,7 @@ class MouthInterior:
 
     box: tuple[int, int, int, int]
     keep: np.ndarray
+    own: np.ndarray
     rest_gap: np.ndarray
     half_width: float
     colors: np.ndarray
@@ -79,8 +82,9 @@ class MouthInterior:
         pts = np.round((poly - origin) * 16).astype(np.int32)
         cv2.fillPoly(mask, [pts], (255,), cv2.LINE_AA, shift=4)
         alpha = mask.astype(np.float32) * (fade / 255.0)
-        alpha *= 1.0 - self.keep[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0]
         paint = self._paint(upper - origin, lower - origin, h, w)
+        sub = np.s_[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0]
+        paint += self.keep[sub][..., None] * (self.own[sub] - paint)
         patch = roi[y0:y1, x0:x1].astype(np.float32)
         patch += alpha[..., None] * (paint - patch)
         roi[y0:y1, x0:x1] = np.clip(patch + 0.5, 0, 255).astype(np.uint8)
@@ -159,15 +163,20 @@ def build_interior(
     extremes: list[np.ndarray],
     roi_shape: tuple[int, int],
     half_width: float,
+    original: np.ndarray,
+    opening: np.ndarray | None,
 ) -> MouthInterior:
     """Precompute the interior layer for one portrait.
 
     Args:
-        image: the aligned portrait's ROI, uint8 ``(h, w, 3)``.
+        image: the rest frame's ROI, uint8 ``(h, w, 3)``.
         lm_local: rest landmarks ``(478, 2)``, ROI-local.
         extremes: landmark sets ``(478, 2)`` at the widest mouth shapes, to size the box.
         roi_shape: ``(h, w)`` of the ROI.
         half_width: rest mouth half-width in pixels.
+        original: the portrait's ROI as photographed, uint8 ``(h, w, 3)``.
+        opening: float32 ``(h, w)``, where ``original`` showed its opening; None to take the
+            rest inner-lip polygon (a portrait whose lips were not closed).
     """
     h, w = roi_shape
     chains = list(L.LIPS_INNER_UPPER + L.LIPS_INNER_LOWER)
@@ -177,24 +186,36 @@ def build_interior(
     x1 = min(w, int(np.ceil(pts[:, 0].max())) + pad + 1)
     y0 = max(0, int(np.floor(pts[:, 1].min())) - pad)
     y1 = min(h, int(np.ceil(pts[:, 1].max())) + pad + 1)
+    if opening is not None:  # the photographed opening may reach past the rest frame's lips
+        rows, cols = np.nonzero(opening > 0.0)
+        if rows.size:
+            y0, y1 = min(y0, int(rows.min())), max(y1, int(rows.max()) + 1)
+            x0, x1 = min(x0, int(cols.min())), max(x1, int(cols.max()) + 1)
     up = lm_local[list(L.LIPS_INNER_UPPER)] - (x0, y0)
     lo = lm_local[list(L.LIPS_INNER_LOWER)] - (x0, y0)
     bh, bw = y1 - y0, x1 - x0
-    # Keep the portrait's own opening, fading it out towards its lower lip (lower teeth and the
-    # lip's inner edge there belong to the jaw, which moves away from them).
-    mask = np.zeros((bh, bw), np.uint8)
-    poly = np.concatenate([up, lo[::-1]])
-    cv2.fillPoly(mask, [np.round(poly * 16).astype(np.int32)], (255,), cv2.LINE_AA, shift=4)
-    xs = np.arange(bw, dtype=np.float32)
     ys = np.arange(bh, dtype=np.float32)[:, None]
-    y_top, y_bot = _chain_y(up, xs)[None, :], _chain_y(lo, xs)[None, :]
-    u = (ys - y_top) / np.maximum(y_bot - y_top, 1.0)
-    keep = (mask.astype(np.float32) / 255.0) * np.clip((0.8 - u) / 0.3, 0, 1)
+    if opening is None:
+        mask = np.zeros((bh, bw), np.uint8)
+        poly = np.concatenate([up, lo[::-1]])
+        cv2.fillPoly(mask, [np.round(poly * 16).astype(np.int32)], (255,), cv2.LINE_AA, shift=4)
+        own = mask.astype(np.float32) / 255.0
+    else:
+        own = opening[y0:y1, x0:x1].astype(np.float32)
+    # Fade the photographed opening out towards its bottom: the lower teeth and the lower lip's
+    # inner edge there belong to the jaw, which moves away from them.
+    inside = own > 0.5
+    any_col = inside.any(axis=0)
+    y_top = np.where(any_col, np.argmax(inside, axis=0), 0).astype(np.float32)[None, :]
+    y_bot = np.where(any_col, bh - 1 - np.argmax(inside[::-1], axis=0), 0).astype(np.float32)
+    u = (ys - y_top) / np.maximum(y_bot[None, :] - y_top, 1.0)
+    keep = own * np.clip((0.8 - u) / 0.3, 0, 1)
     colors = _match_skin(np.stack([CAVITY, TONGUE, TEETH]), image, lm_local, half_width)
     rest_gap = lm_local[list(L.LIPS_INNER_LOWER), 1] - lm_local[list(L.LIPS_INNER_UPPER), 1]
     return MouthInterior(
         box=(y0, y1, x0, x1),
         keep=keep.astype(np.float32),
+        own=original[y0:y1, x0:x1].astype(np.float32),
         rest_gap=rest_gap.astype(np.float32),
         half_width=float(half_width),
         colors=colors.astype(np.float32),

@@ -24,7 +24,11 @@ JAW_TRAVEL = 0.09
 CORNER_JAW = 0.3
 #: Mouth-corner travel at full spread / rounding, as a fraction of the mouth half-width.
 SPREAD_TRAVEL = 0.16
-ROUND_TRAVEL = 0.22
+ROUND_TRAVEL = 0.3
+#: How far each lip closes towards the other at the sides of a fully rounded mouth, and opens in
+#: the middle, as fractions of the mouth half-width.
+ROUND_SIDES = 0.07
+ROUND_MIDDLE = 0.04
 #: Number of mouth shapes (jaw, spread, round) and their order in every array below.
 SHAPES = ("jaw", "spread", "round")
 
@@ -142,6 +146,12 @@ def shape_displacements(lm: np.ndarray, geo: MouthGeometry) -> np.ndarray:
     pout = 0.15 * ROUND_TRAVEL * r * (1.0 - au**2)
     rnd[list(L.LIPS_OUTER_UPPER[1:-1]), 1] = -pout[list(L.LIPS_OUTER_UPPER[1:-1])]
     rnd[list(L.LIPS_OUTER_LOWER[1:-1]), 1] = pout[list(L.LIPS_OUTER_LOWER[1:-1])]
+    # Pursed lips meet at the sides and part in the middle: the opening turns from a wide lens
+    # into a rounder hole.
+    side = np.clip((t - 0.3) / 0.5, 0.0, 1.0)
+    side = side * side * (3.0 - 2.0 * side)
+    purse = ROUND_SIDES * r * side - ROUND_MIDDLE * r * (1.0 - t**2) * inner
+    rnd[:, 1] += np.where(is_up, purse, 0.0) - np.where(is_lo, purse, 0.0)
     out = np.stack([jaw, spread, rnd]).astype(np.float32)
     out[:, L.MESH_POINTS :] = 0.0  # iris points are not part of the mouth mesh
     return out

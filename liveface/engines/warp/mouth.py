@@ -1,12 +1,12 @@
-"""Audio to mouth shape: loudness and spectral shape per video frame, smoothed with attack/release.
+"""Audio to mouth shape: loudness and the sound's cues per frame, smoothed with attack/release.
 
 Per frame the driver measures the level (RMS in dBFS, relative to a slowly adapting speech peak,
-so quiet and loud talkers both animate) and three spectral cues: the centroid of the first-formant
-band (open vowels have a high F1), the centroid of the second-formant band (spread vowels such as
-"ee" have a high F2, rounded ones such as "oo" a low one) and the share of energy above 3 kHz
-(fricatives: teeth close, lips spread); open vowels are not rounded. They map to targets for jaw
-opening, lip spread and lip rounding; each target is followed by a one-pole filter that rises with
-the attack time constant and falls with the release one.
+so quiet and loud talkers both animate) and asks ``visemes`` what the sound says about the mouth:
+how open the jaw is for it (F1), spread or rounded lips (F2 with F1), lips closed on a murmur
+("m"), fricative noise. They make the targets of three mouth shapes (jaw opening, lip spread, lip
+rounding); each target is followed by a one-pole filter that rises with the attack time constant
+and falls with the release one, except that the jaw shuts within about a frame when the lips close
+(a murmur, or sound stopping dead as for "p"), so bilabials are seen to close.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from liveface.engines.warp.visemes import SpectralAnalyzer
 
 #: Below this level (dBFS) a frame is silence whatever the voice flag says.
 SILENCE_DB = -55.0
@@ -25,11 +27,16 @@ PEAK_DECAY_DB_S = 4.0
 #: Starting estimate of a talker's peak level (typical close-mic speech).
 INITIAL_PEAK_DB = -14.0
 MIN_PEAK_DB = -40.0
-#: Analysis bands (Hz).
-F1_BAND = (250.0, 1000.0)
-F2_BAND = (900.0, 2800.0)
-HIGH_BAND = (3000.0, 8000.0)
-LOW_BAND = (80.0, 3000.0)
+#: Jaw opening, as a share of what the level allows, for the closest sounds ("ee", "oo").
+JAW_FLOOR = 0.25
+#: The lip shapes follow the level's square root: lips hold their shape on quiet sounds too.
+LIP_LEVEL_POWER = 0.5
+#: Closure cue over which, or level under which, the jaw shuts fast (see :meth:`MouthDriver.step`).
+FAST_CLOSE_CUE = 0.5
+FAST_CLOSE_LEVEL = 0.05
+#: Shortest analysis window (s): at high frame rates a frame's own samples hold too few pitch
+#: periods for the formants, so the samples before it are added.
+MIN_ANALYSIS_S = 0.025
 #: Time constant (s) of the slow "is talking" level that livens the head motion.
 TALK_TAU_S = 0.6
 #: How far speech heard only in the lookahead pre-opens the mouth of a silent frame.
@@ -72,6 +79,9 @@ class MouthDriver:
         self._peak_decay = PEAK_DECAY_DB_S * dt
         self._gain = gain
         self._peak = INITIAL_PEAK_DB
+        self._analyzer = SpectralAnalyzer(sample_rate)
+        self._history = np.zeros(0, np.float32)
+        self._min_analysis = int(MIN_ANALYSIS_S * sample_rate)
         self.shape = np.zeros(3, np.float32)  # jaw, spread, round
         self.talk = 0.0
 
@@ -79,9 +89,10 @@ class MouthDriver:
         """Back to a closed mouth at rest (barge-in); the talker's level estimate is kept."""
         self.shape[:] = 0.0
         self.talk = 0.0
+        self._history = np.zeros(0, np.float32)
 
     def targets(self, samples: np.ndarray, voiced: bool, lookahead: int = 0) -> np.ndarray:
-        """Target amplitudes ``(3,)`` (jaw, spread, round) in [0, 1] for one frame.
+        """Targets ``(4,)`` in [0, 1] for one frame: jaw, spread, round, and the closure cue.
 
         Args:
             samples: the frame's audio followed by ``lookahead`` samples after it, ``(n,)``.
@@ -90,55 +101,47 @@ class MouthDriver:
             lookahead: how many of ``samples`` lie after the frame.
         """
         x = sanitize(samples)
+        own = x[: max(0, x.size - max(0, lookahead))]
+        context = self._history
+        self._history = np.concatenate([context, own])[-self._min_analysis :]
         scale = 1.0
         if not voiced:
             if lookahead <= 0:
-                return np.zeros(3, np.float32)
+                return np.zeros(4, np.float32)
             x, scale = x[-lookahead:], ANTICIPATION
         if x.size == 0:
-            return np.zeros(3, np.float32)
+            return np.zeros(4, np.float32)
         rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
         db = 20.0 * math.log10(rms + 1e-9)
         if db <= SILENCE_DB:
-            return np.zeros(3, np.float32)
+            return np.array([0.0, 0.0, 0.0, 1.0], np.float32)
         if voiced:
             self._peak = max(self._peak - self._peak_decay, db, MIN_PEAK_DB)
         top = self._peak - PEAK_HEADROOM_DB
         level = min(1.0, max(0.0, (db - (top - OPEN_RANGE_DB)) / OPEN_RANGE_DB))
         level = scale * level**1.3  # soft start: breath and reverb barely move the lips
-        f1, f2, high = self._spectral_cues(x)
-        jaw = self._gain * level * (0.55 + 0.45 * f1) * (1.0 - 0.6 * high)
-        spread = level * (max(0.0, 2.0 * f2 - 1.0) * (1.0 - high) + 0.6 * high)
-        rnd = level * max(0.0, 1.0 - 2.0 * f2) * (1.0 - f1) * (1.0 - high)
-        return np.clip(np.array([jaw, spread, rnd], np.float32), 0.0, 1.0)
-
-    def _spectral_cues(self, x: np.ndarray) -> tuple[float, float, float]:
-        """F1 height, F2 height and high-band share, each in [0, 1], of a frame ``(n,)``."""
-        n = x.size
-        nfft = 1 << max(8, (n - 1).bit_length())
-        spec = np.abs(np.fft.rfft(x * np.hanning(n).astype(np.float32), nfft)) ** 2
-        freqs = np.arange(spec.size) * (self._sr / nfft)
-
-        def band(lo: float, hi: float) -> np.ndarray:
-            return (freqs >= lo) & (freqs < hi)
-
-        def centroid(lo: float, hi: float) -> float:
-            m = band(lo, hi)
-            e = float(spec[m].sum())
-            return float((spec[m] * freqs[m]).sum() / e) if e > 0 else (lo + hi) / 2
-
-        c1 = centroid(*F1_BAND)
-        c2 = centroid(*F2_BAND)
-        high = float(spec[band(*HIGH_BAND)].sum())
-        low = float(spec[band(*LOW_BAND)].sum())
-        f1 = min(1.0, max(0.0, (c1 - 400.0) / 350.0))
-        f2 = min(1.0, max(0.0, (c2 - 1300.0) / 700.0))
-        share = high / (high + low) if high + low > 0 else 0.0
-        return f1, f2, min(1.0, max(0.0, (share - 0.2) / 0.5))
+        if x.size < self._min_analysis and voiced:
+            x = np.concatenate([context[-(self._min_analysis - x.size) :], x])
+        cue = self._analyzer.cues(x, self._peak)
+        open_ = 1.0 - cue.closure
+        lips = level**LIP_LEVEL_POWER * open_ * (1.0 - cue.high)
+        jaw = self._gain * level * (JAW_FLOOR + (1.0 - JAW_FLOOR) * cue.openness)
+        jaw *= (1.0 - 0.6 * cue.high) * open_
+        spread = max(lips * cue.spread, 0.6 * level * cue.high)
+        rnd = lips * cue.rounding
+        closing = max(cue.closure, 1.0 if level < FAST_CLOSE_LEVEL else 0.0)
+        return np.clip(np.array([jaw, spread, rnd, closing], np.float32), 0.0, 1.0)
 
     def step(self, target: np.ndarray) -> np.ndarray:
-        """Advance one frame towards ``target (3,)``; returns the smoothed amplitudes ``(3,)``."""
-        rate = np.where(target > self.shape, self._attack, self._release)
-        self.shape += rate * (target - self.shape)
+        """Advance one frame towards ``target (4,)`` (see :meth:`targets`); returns ``(3,)``.
+
+        A 3-element target (no closure cue) is followed with the plain attack/release rates.
+        """
+        goal = target[:3]
+        rate = np.where(goal > self.shape, self._attack, self._release)
+        if target.size > 3 and target[3] >= FAST_CLOSE_CUE and goal[0] < self.shape[0]:
+            # Lips shut in a few tens of milliseconds, about a frame: follow the cue's certainty.
+            rate[0] = max(float(self._attack[0]), float(target[3]))
+        self.shape += rate * (goal - self.shape)
         self.talk += self._talk_k * (float(self.shape[0] > 0.1) - self.talk)
         return self.shape.copy()

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from liveface.engines.warp import landmarks as L
+from liveface.engines.warp.closure import close_mouth
 from liveface.engines.warp.eyes import EyeRig, build_eyes
 from liveface.engines.warp.face import AlignedFace
 from liveface.engines.warp.idle import HeadFields, Pose, build_head_fields
@@ -31,8 +32,12 @@ class FaceRig:
     """Everything per portrait that makes a frame cheap (read-only once built).
 
     Attributes:
-        portrait: uint8 RGB ``(H, W, 3)``, the aligned portrait (the rest frame).
-        landmarks: float32 ``(478, 2)`` rest landmarks in output pixels.
+        portrait: uint8 RGB ``(H, W, 3)``, the rest frame: the aligned portrait with its lips
+            closed (see ``closure``).
+        original: uint8 RGB ``(H, W, 3)``, the aligned portrait as it came.
+        original_landmarks: float32 ``(478, 2)`` its landmarks in output pixels.
+        rest_gap: how far the portrait's own lips were apart, pixels (0 if closed).
+        landmarks: float32 ``(478, 2)`` rest landmarks in output pixels (of ``portrait``).
         mesh: lower-face fields; ``roi_image`` is ``portrait`` cut to ``mesh.roi``.
         warp: the per-frame solver of the mesh's backward map.
         interior: the mouth-interior painter.
@@ -44,6 +49,9 @@ class FaceRig:
     """
 
     portrait: np.ndarray
+    original: np.ndarray
+    original_landmarks: np.ndarray
+    rest_gap: float
     landmarks: np.ndarray
     mesh: MouthMesh
     warp: MouthWarp
@@ -62,20 +70,28 @@ class FaceRig:
 
 
 def build_rig(face: AlignedFace) -> FaceRig:
-    """Precompute the mouth mesh, interior, eyes and head fields of an aligned portrait."""
+    """Close the portrait's mouth, then precompute the mouth mesh, interior, eyes and head."""
     h, w = face.image.shape[:2]
-    lm = face.landmarks
+    closed = close_mouth(face.image, face.landmarks, face.face_height)
+    image, lm = closed.image, closed.landmarks
     geo = mouth_geometry(lm, face.face_height)
     mesh = build_mouth_mesh(lm, geo, w, h)
     y0, y1, x0, x1 = mesh.roi
     local: np.ndarray = lm - np.array([x0, y0], np.float32)
     d = mesh.displacements
     extremes = [local + d[0] + d[1], local + d[0] + d[2], local + d[1], local + d[2]]
-    roi_image = np.ascontiguousarray(face.image[y0:y1, x0:x1])
-    interior = build_interior(roi_image, local, extremes, (y1 - y0, x1 - x0), geo.half_width)
+    roi_image = np.ascontiguousarray(image[y0:y1, x0:x1])
+    original = face.image[y0:y1, x0:x1]
+    opening = None if closed.opening is None else closed.opening[y0:y1, x0:x1]
+    interior = build_interior(
+        roi_image, local, extremes, (y1 - y0, x1 - x0), geo.half_width, original, opening
+    )
     by0, by1, bx0, bx1 = interior.box
     return FaceRig(
-        portrait=face.image,
+        portrait=image,
+        original=face.image,
+        original_landmarks=face.landmarks,
+        rest_gap=closed.rest_gap,
         landmarks=lm,
         mesh=mesh,
         warp=build_mouth_warp(mesh, local, face.face_height),

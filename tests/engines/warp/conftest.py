@@ -1,4 +1,5 @@
-"""Fixtures of the warp engine tests: the engine, espeak-ng speech, a chunked renderer, metrics."""
+"""Fixtures of the warp engine tests: the engine, espeak-ng speech, a chunked renderer, metrics,
+and lip measurements of rendered frames by MediaPipe's face mesh."""
 
 from __future__ import annotations
 
@@ -52,17 +53,33 @@ def _read_wav(path: Path) -> tuple[np.ndarray, int]:
 @pytest.fixture(scope="session")
 def speech(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, int]:
     """espeak-ng speech at 16 kHz followed by silence: ``(audio (n,), speech_samples)``."""
-    exe = shutil.which("espeak-ng")
-    if exe is None:
-        pytest.skip("espeak-ng is not installed")
-    path = tmp_path_factory.mktemp("speech") / "speech.wav"
-    subprocess.run([exe, "-w", str(path), SENTENCE], check=True, capture_output=True, timeout=60)
-    x, rate = _read_wav(path)
-    g = np.gcd(SR, rate)
-    x = resample_poly(x, SR // g, rate // g).astype(np.float32)
+    x = espeak(SENTENCE, tmp_path_factory.mktemp("speech"))
     lead = np.zeros(SR // 4, np.float32)
     tail = np.zeros(int(TAIL_S * SR), np.float32)
     return np.concatenate([lead, x, tail]), lead.size + x.size
+
+
+def espeak(text: str, tmp: Path, word_gap_ms: int = 0) -> np.ndarray:
+    """``text`` spoken by espeak-ng at 16 kHz, float32 ``(n,)``; skips the test without it."""
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        pytest.skip("espeak-ng is not installed")
+    path = tmp / "espeak.wav"
+    cmd = [exe, "-w", str(path)] + (["-g", str(word_gap_ms // 10)] if word_gap_ms else [])
+    subprocess.run([*cmd, text], check=True, capture_output=True, timeout=60)
+    x, rate = _read_wav(path)
+    g = np.gcd(SR, rate)
+    return resample_poly(x, SR // g, rate // g).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def say(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., np.ndarray]:
+    """``say(text, word_gap_ms=0)``: :func:`espeak` into a fresh temporary folder."""
+
+    def run(text: str, word_gap_ms: int = 0) -> np.ndarray:
+        return espeak(text, tmp_path_factory.mktemp("say"), word_gap_ms)
+
+    return run
 
 
 def energy_vad(audio: np.ndarray) -> Callable[[int, int], bool]:
@@ -149,3 +166,43 @@ class Metrics:
 @pytest.fixture(scope="session")
 def metrics() -> type[Metrics]:
     return Metrics
+
+
+class LipMeter:
+    """Lip opening of rendered frames, measured by MediaPipe's face mesh on the pixels alone.
+
+    The mesh is the project's LiteRT port of MediaPipe's static-image face mesh
+    (:func:`liveface.engines.warp.facemesh.face_mesh`): each frame is measured on its own, from its
+    pixels, never from the engine's landmarks. ``measure(frames (n, H, W, 3))`` returns ``(n, 2)``:
+    the width between the inner mouth corners and the mean gap between the inner lips at the three
+    middle pairs, pixels (NaN without a face).
+    """
+
+    MIDDLE_UPPER = (82, 13, 312)
+    MIDDLE_LOWER = (87, 14, 317)
+    CORNERS = (78, 308)
+
+    def landmarks(self, image: np.ndarray) -> np.ndarray | None:
+        """``(478, 2)`` pixel landmarks of the face in ``image (H, W, 3)``, or None."""
+        from liveface.engines.warp.facemesh import face_mesh
+
+        faces = face_mesh(np.ascontiguousarray(image), max_faces=1)
+        if not faces:
+            return None
+        h, w = image.shape[:2]
+        return faces[0].astype(np.float64) * np.array([w, h])
+
+    def measure(self, frames: np.ndarray) -> np.ndarray:
+        out = np.full((len(frames), 2), np.nan)
+        for i, frame in enumerate(frames):
+            p = self.landmarks(frame)
+            if p is not None:
+                out[i, 0] = np.linalg.norm(p[self.CORNERS[0]] - p[self.CORNERS[1]])
+                gap = p[list(self.MIDDLE_LOWER), 1] - p[list(self.MIDDLE_UPPER), 1]
+                out[i, 1] = float(np.mean(gap))
+        return out
+
+
+@pytest.fixture(scope="session")
+def lips() -> LipMeter:
+    return LipMeter()

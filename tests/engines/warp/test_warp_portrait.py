@@ -56,9 +56,10 @@ def _check_open(engine: WarpEngine, image: np.ndarray) -> None:
     spec = engine.spec
     assert state.portrait.shape == (spec.height, spec.width, 3)
     assert state.portrait.dtype == np.uint8
-    lm = state.landmarks
-    assert lm.shape == (L.NUM_LANDMARKS, 2)
-    # Aligned: eyes level, face of the configured height, centred.
+    assert state.landmarks.shape == (L.NUM_LANDMARKS, 2)
+    # Aligned: eyes level, face of the configured height, centred (before the mouth is closed,
+    # which raises the chin of a portrait with parted lips).
+    lm = state.original_landmarks
     left, right = L.eye_centers(lm)
     assert abs(left[1] - right[1]) < 0.02 * spec.height
     face = float(np.linalg.norm(lm[L.FOREHEAD] - lm[L.CHIN]))
