@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 
@@ -164,6 +165,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
     serve.add_argument("--zmq", help="also serve ZeroMQ on this address, e.g. tcp://127.0.0.1:5555")
     serve.add_argument("--zmq-curve-dir", help="CURVE keys directory (see docs/zmq-protocol.md)")
     serve.add_argument("--no-http", action="store_true", help="serve ZeroMQ only")
+    serve.add_argument("--stun", action="append", help="STUN server URL (repeatable), e.g. "
+                       "stun:stun.example.org:3478; none by default")  # fmt: skip
+    serve.add_argument("--turn", action="append", help="TURN server URL (repeatable), e.g. "
+                       "turns:turn.example.org:443?transport=tcp")  # fmt: skip
+    serve.add_argument("--turn-user", help="TURN username")
+    serve.add_argument("--turn-password", help="TURN credential (or LIVEFACE_TURN_PASSWORD)")
+    serve.add_argument("--token", help="require this bearer token for /offer (or LIVEFACE_TOKEN)")
     render = sub.add_parser("render", help="render an audio file into an mp4")
     _engine_args(render)
     render.add_argument("--audio", required=True, help="input audio (any format ffmpeg reads)")
@@ -171,6 +179,18 @@ def parse(argv: list[str]) -> argparse.Namespace:
     if not argv or argv[0] not in ("serve", "render", "-h", "--help", "--version"):
         argv = ["serve", *argv]
     return parser.parse_args(argv)
+
+
+def _ice_servers(args: argparse.Namespace) -> list[dict[str, object]] | None:
+    stun = getattr(args, "stun", None) or []
+    turn = getattr(args, "turn", None) or []
+    if not stun and not turn:
+        return None
+    servers: list[dict[str, object]] = [{"urls": url} for url in stun]
+    if turn:
+        password = args.turn_password or os.environ.get("LIVEFACE_TURN_PASSWORD")
+        servers.append({"urls": turn, "username": args.turn_user, "credential": password})
+    return servers
 
 
 def _config(args: argparse.Namespace) -> ServerConfig:
@@ -194,6 +214,8 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         zmq=getattr(args, "zmq", None),
         zmq_curve_dir=getattr(args, "zmq_curve_dir", None),
         http=False if getattr(args, "no_http", False) else None,
+        ice_servers=_ice_servers(args),
+        auth_token=getattr(args, "token", None) or os.environ.get("LIVEFACE_TOKEN") or None,
     )
 
 

@@ -37,6 +37,8 @@ class PatternEngine(Engine):
 
     Args:
         delay_s: sleep per ``generate`` call (simulates a slow engine).
+        first_delay_s: extra sleep in the first ``generate`` call (a late first frame).
+        stall_every, stall_s: every ``stall_every``-th call sleeps ``stall_s`` more (a stall).
         fail_on: a prompt whose sessions make ``generate`` raise (fault isolation tests).
     """
 
@@ -53,6 +55,9 @@ class PatternEngine(Engine):
         max_batch: int = 4,
         delay_s: float = 0.0,
         fail_on: str | None = None,
+        first_delay_s: float = 0.0,
+        stall_every: int = 0,
+        stall_s: float = 0.0,
     ) -> None:
         self._spec = EngineSpec(
             fps=fps,
@@ -65,6 +70,9 @@ class PatternEngine(Engine):
             max_batch=max_batch,
         )
         self.delay_s = delay_s
+        self.first_delay_s = first_delay_s
+        self.stall_every = stall_every
+        self.stall_s = stall_s
         self.fail_on = fail_on
         self.opened: list[PatternState] = []
         self.batches: list[int] = []
@@ -91,8 +99,12 @@ class PatternEngine(Engine):
     def generate(self, batch: Sequence[tuple[EngineState, AudioChunk]]) -> list[VideoChunk]:
         self.generate_threads.add(threading.current_thread().name)
         self.batches.append(len(batch))
-        if self.delay_s:
-            time.sleep(self.delay_s)
+        calls = len(self.batches)
+        pause = self.delay_s + (self.first_delay_s if calls == 1 else 0.0)
+        if self.stall_every and calls % self.stall_every == 0:
+            pause += self.stall_s
+        if pause:
+            time.sleep(pause)
         out = []
         for state, chunk in batch:
             assert isinstance(state, PatternState)

@@ -214,12 +214,15 @@ class SessionLink:
             except AvatarError as e:
                 self.error(e, msg.req)
                 continue
-            except Exception as e:
+            except Exception:
                 log.exception("session %s: %s request failed", self.id, msg.type.name)
                 self.control(
                     MsgType.ERROR,
                     error_header(
-                        ErrorCode.INTERNAL, f"request failed: {e}", req=msg.req, session=self.id
+                        ErrorCode.INTERNAL,
+                        "the request failed (an internal error, logged on the server)",
+                        req=msg.req,
+                        session=self.id,
                     ),
                 )
                 continue

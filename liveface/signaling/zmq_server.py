@@ -238,9 +238,11 @@ class ZmqServer:
         except AvatarError as e:
             self._error(client, e, msg.req)
             return
-        except Exception as e:
+        except Exception:
             log.exception("ZeroMQ open failed")
-            self._error(client, ProtocolError(ErrorCode.INTERNAL, f"open failed: {e}"), msg.req)
+            # The details (paths, library versions) stay in the server's log.
+            err = ProtocolError(ErrorCode.INTERNAL, "open failed (an internal error, logged)")
+            self._error(client, err, msg.req)
             return
         finally:
             client.opening -= 1

@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 
 from liveface.runtime.config import ServerConfig
+from liveface.runtime.metrics import SessionCounter
 from liveface.runtime.runtime import Runtime
 from liveface.signaling.http import build_app
 from tests.doubles import PatternEngine, decode_index, mouth_level
@@ -177,3 +178,31 @@ async def test_a_failing_session_ends_its_peer_and_spares_the_other(server):
     await wait_until(lambda: len(good.video) > before + 5)  # the other session carries on
     await good.close()
     await bad.close()
+
+
+async def test_a_late_first_frame_and_engine_stalls_never_end_the_track():
+    # The first chunk comes 0.6 s late (past the pacer's catch-up window) and every 40th call
+    # stalls for 0.5 s: the video track skips ahead, repeats, counts it, and goes on.
+    engine = PatternEngine(size=128, chunk_frames=1, first_chunk_frames=1, first_delay_s=0.6,
+                           stall_every=40, stall_s=0.5)  # fmt: skip
+    runtime = Runtime(ServerConfig(max_sessions=2, delay_ms=80), engine)
+    runner = web.AppRunner(build_app(runtime, own_runtime=True))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    client = Client(f"http://127.0.0.1:{port}", tone_then_silence(3.0, 3.0))
+    try:
+        assert (await client.connect())["status"] == 200
+        (session,) = runtime.registry.sessions()
+        await wait_until(lambda: client.video and decode_index(client.video[-1][2]) >= 125)
+        assert runtime.registry.sessions() == [session]  # the session lives on
+        assert not session.closing
+    finally:
+        await client.close()
+        await runner.cleanup()
+    indices = [decode_index(f) for _, _, f in client.video]
+    assert indices == sorted(indices)
+    counters = session.counters()
+    assert counters[SessionCounter.FRAMES_REPEATED] > 0  # the stalls showed as repeats
+    assert counters[SessionCounter.FRAMES_LATE] + counters[SessionCounter.FRAMES_REPEATED] > 10

@@ -33,6 +33,23 @@ function waitIceGathering(pc) {
   });
 }
 
+// An access token, when the server asks for one, comes in the page's address: ...?token=XYZ
+// (or #token=XYZ, which is never sent to a server or kept in logs).
+function authHeaders() {
+  const params = new URLSearchParams(location.hash.slice(1) || location.search);
+  const token = params.get("token");
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+async function iceServers() {
+  const res = await fetch("ice", { headers: authHeaders() });
+  if (!res.ok) {
+    const body = await res.json().catch(() => ({}));
+    throw new Error(body.error ? body.error.message : res.statusText);
+  }
+  return (await res.json()).iceServers;
+}
+
 function setState(text) {
   ui.state.textContent = text;
 }
@@ -44,7 +61,7 @@ async function start() {
     const mic = await navigator.mediaDevices.getUserMedia({
       audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
     });
-    const pc = new RTCPeerConnection();
+    const pc = new RTCPeerConnection({ iceServers: await iceServers() });
     liveface.pc = pc;
     liveface.mic = mic;
     pc.addTrack(mic.getAudioTracks()[0], mic);
@@ -67,7 +84,7 @@ async function start() {
     if (file) body.portrait = await readFile(file);
     const res = await fetch("offer", {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: { "Content-Type": "application/json", ...authHeaders() },
       body: JSON.stringify(body),
     });
     const answer = await res.json();
