@@ -79,16 +79,18 @@ def frame_to_float(frame: av.AudioFrame) -> np.ndarray:
     fmt = frame.format
     x = frame.to_ndarray()
     channels = len(frame.layout.channels)
-    if fmt.is_planar:
-        mono = x.reshape(channels, -1).mean(axis=0, dtype=np.float64)
+    rows = x.reshape(channels, -1) if fmt.is_planar else x.reshape(-1, channels).T
+    if x.dtype.kind == "f":
+        mono = rows.mean(axis=0, dtype=np.float32) if channels > 1 else rows[0].astype(np.float32)
     else:
-        mono = x.reshape(-1, channels).mean(axis=1, dtype=np.float64)
-    scale = _INT_SCALE.get(fmt.name.rstrip("p"))
-    if fmt.name.startswith("u8"):
-        mono = (mono - 128.0) / 128.0
-    elif scale is not None:
-        mono = mono / scale
-    return _clean(mono.astype(np.float32))
+        # Sum integer channels exactly, then scale once (no float64 round trip).
+        total = rows.sum(axis=0, dtype=np.int64) if channels > 1 else rows[0].astype(np.int64)
+        name = fmt.name.rstrip("p")
+        if name == "u8":
+            mono = (total.astype(np.float32) - 128.0 * channels) / (128.0 * channels)
+        else:
+            mono = total.astype(np.float32) / (_INT_SCALE[name] * channels)
+    return _clean(mono)
 
 
 def _clean(x: np.ndarray) -> np.ndarray:

@@ -179,6 +179,11 @@ class EngineWorker:
                 batch, dropped = self._scheduler.schedule(
                     time.monotonic(), self._frame_time, self._expected_s
                 )
+                if not batch and any(d.reason is DropReason.LATE for d in dropped):
+                    # Everything was judged too late for the expected engine time, so nothing
+                    # runs to correct that estimate: let it fall, or one slow call (a first
+                    # chunk, a stall) would starve every session for good.
+                    self._expected_s *= 0.5
                 items = [(p, self._sessions[p.session]) for p in batch]
             for fn, fut in calls:
                 self._run_call(fn, fut)

@@ -22,6 +22,7 @@ from liveface.runtime.session import Session
 from liveface.runtime.tasks import TaskSet
 from liveface.signaling.jitter import tune_audio_jitter
 from liveface.signaling.tracks import AUDIO_BLOCK_MS, AvatarAudioTrack, AvatarVideoTrack
+from liveface.signaling.video_encoder import install_vp8_encoder
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,12 @@ class PeerSession:
             raise BadInputError(f"the SDP offer could not be parsed: {e}") from e
         pc.addTrack(self.audio)
         pc.addTrack(self.video)
-        answer = await pc.createAnswer()
+        try:
+            answer = await pc.createAnswer()
+        except Exception as e:  # no codec in common, for one
+            raise BadInputError(f"the offer cannot be answered: {e}") from e
         await pc.setLocalDescription(answer)
+        install_vp8_encoder(pc)
         block = self.session.spec.sample_rate * AUDIO_BLOCK_MS // 1000
         tune_audio_jitter(
             pc, self._jitter, on_drop=lambda n: self.session.ingest.count_dropped(n * block)

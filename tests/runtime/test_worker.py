@@ -135,3 +135,18 @@ async def test_client_leaving_during_open_frees_state():
         raise AssertionError("start() was not cancelled")
     release.set()
     await wait_until(lambda: len(engine.opened) == 1 and engine.opened[0].closed)
+
+
+async def test_one_slow_call_does_not_starve_the_sessions_for_good():
+    # The first chunk takes 0.6 s: every chunk queued meanwhile looks too late to be worth
+    # rendering at that speed. The estimate must recover, or nothing would ever render again.
+    engine = PatternEngine(chunk_frames=1, max_batch=1, first_delay_s=0.6)
+    metrics = Metrics()
+    worker = EngineWorker(engine, metrics)
+    worker.start()
+    (s,) = await open_sessions(worker, 1)
+    await feed_realtime([s], 2.0)
+    await s.aclose(CloseReason.CLIENT_CLOSED)
+    worker.stop()
+    assert metrics.sample("liveface_chunks_dropped_total", reason="late") > 0
+    assert metrics.sample("liveface_chunks_rendered_total") > 20  # rendering resumed

@@ -201,8 +201,8 @@ async def test_a_late_first_frame_and_engine_stalls_never_end_the_track():
     finally:
         await client.close()
         await runner.cleanup()
-    indices = [decode_index(f) for _, _, f in client.video]
-    assert indices == sorted(indices)
+    pts = [p for _, p, _ in client.video]
+    assert pts == sorted(pts)  # the media clock only moves forward
     counters = session.counters()
     assert counters[SessionCounter.FRAMES_REPEATED] > 0  # the stalls showed as repeats
     assert counters[SessionCounter.FRAMES_LATE] + counters[SessionCounter.FRAMES_REPEATED] > 10
