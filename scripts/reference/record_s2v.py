@@ -1,0 +1,206 @@
+"""Record reference values of the official Wan-S2V code for tests/engines/diffusion/test_s2v_*.py.
+
+Runs the official modules of github.com/Wan-Video/Wan2.2 from a local extraction (none of their
+code is copied into liveface; only the printed numbers are committed):
+
+    git -C /work/.mirror/Wan-Video+Wan2.2/repo archive HEAD | tar -x -C /tmp/wan22
+    python scripts/reference/record_s2v.py /tmp/wan22
+
+Needs torch, diffusers, einops and easydict (a separate venv is fine). Everything runs on the CPU
+in float32 with deterministic weights (``tests/engines/diffusion/s2v_pattern.py``). The official
+attention kernel needs CUDA and half precision; it is replaced by
+``torch.nn.functional.scaled_dot_product_attention`` in float32 (same math, full-length keys),
+which is what "float32 reference" means here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# The tiny S2V config of the tests (liveface S2VConfig.preset("tiny")), in official names.
+TINY = dict(
+    cond_dim=16, audio_dim=20, num_audio_token=4, enable_adain=True, adain_mode="attn_norm",
+    audio_inject_layers=[0, 2], zero_init=True, zero_timestep=True, enable_motioner=False,
+    add_last_motion=True, enable_tsm=False, trainable_token_pos_emb=False, enable_framepack=True,
+    framepack_drop_mode="padd", model_type="s2v", patch_size=(1, 2, 2), text_len=8, in_dim=16,
+    dim=48, ffn_dim=64, freq_dim=16, text_dim=24, out_dim=16, num_heads=4, num_layers=3,
+    window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6,
+)  # fmt: skip
+MOTION_FRAMES = 73
+
+
+def _import_official(root: Path) -> None:
+    """Make ``wan.*`` importable without running its package ``__init__`` files (which pull in
+    every pipeline), and stub the few imports only unused functions need."""
+    for name in ("wan", "wan.modules", "wan.modules.s2v", "wan.distributed", "wan.utils"):
+        mod = types.ModuleType(name)
+        mod.__path__ = [str(root / name.replace(".", "/"))]
+        sys.modules[name] = mod
+    tok = types.ModuleType("wan.modules.tokenizers")
+    tok.HuggingfaceTokenizer = object  # type: ignore[attr-defined]
+    sys.modules["wan.modules.tokenizers"] = tok
+    import importlib.machinery
+
+    librosa = types.ModuleType("librosa")  # only AudioEncoder.extract_audio_feat uses it
+    librosa.__spec__ = importlib.machinery.ModuleSpec("librosa", None)
+    sys.modules.setdefault("librosa", librosa)
+
+
+def _sdpa_attention(q, k, v, q_lens=None, k_lens=None, **_: object) -> torch.Tensor:
+    """float32 stand-in for the official flash attention: ``(b, l, heads, d)`` in and out."""
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2).float(), k.transpose(1, 2).float(), v.transpose(1, 2).float()
+    )
+    return out.transpose(1, 2).to(q.dtype)
+
+
+def _show(name: str, t: torch.Tensor, picks: int = 8) -> None:
+    flat = t.detach().double().flatten()
+    step = max(1, flat.numel() // picks)
+    print(
+        f"{name}: shape={tuple(t.shape)} mean={flat.mean().item():.10g} "
+        f"absmean={flat.abs().mean().item():.10g}"
+    )
+    print(f"  picks(step {step}) = {[round(v, 10) for v in flat[::step][:picks].tolist()]}")
+
+
+def record_model(pattern) -> None:
+    import wan.modules.model as base
+    import wan.modules.s2v.model_s2v as s2v
+
+    base.flash_attention = _sdpa_attention
+    s2v.flash_attention = _sdpa_attention
+    torch.manual_seed(0)
+    model = s2v.WanModel_S2V(**TINY).eval()
+    pattern.fill_pattern(model)
+    frames, h, w = 3, 8, 8
+    latents = pattern.wave((16, frames, h, w), 0.37)
+    ref = pattern.wave((16, 1, h, w), 0.23, 1.0)
+    motion = pattern.wave((16, 19, h, w), 0.11, 2.0)
+    pose = pattern.wave((16, frames, h, w), 0.05, 3.0) * 0.5
+    audio = pattern.wave((1, 25, 20, 4 * frames), 0.29, 0.5)
+    context = pattern.wave((5, 24), 0.41)
+    for drop in (False, True):
+        with torch.no_grad():
+            out = model(
+                [latents], t=torch.tensor([700.0]), context=[context], seq_len=None,
+                ref_latents=[ref], motion_latents=[motion], cond_states=[pose],
+                audio_input=audio, motion_frames=[MOTION_FRAMES, 19], drop_motion_frames=drop,
+            )[0]  # fmt: skip
+        _show(f"model drop_motion={drop}", out)
+    with torch.no_grad():
+        prefixed = torch.cat([audio[..., :1].repeat(1, 1, 1, MOTION_FRAMES), audio], dim=-1)
+        glob, local = model.casual_audio_encoder(prefixed)
+    _show("audio local (after drop)", local[:, 19:])
+    _show("audio global (after drop)", glob[:, 19:])
+    with torch.no_grad():
+        mot, remb = model.frame_packer([motion], 2)
+    _show("frame packer tokens", mot[0])
+    # Rotation angles of the motion tokens (head 0, every 3rd complex channel).
+    _show("frame packer rope angles", torch.angle(remb[0][0, :, 0, ::3]), picks=16)
+
+
+def record_audio_features(pattern) -> None:
+    from wan.modules.s2v.audio_encoder import AudioEncoder, linear_interpolation
+
+    enc = object.__new__(AudioEncoder)
+    enc.video_rate = 30
+    for num in (137, 250):
+        hidden = pattern.wave((3, num, 5), 0.07, 0.3)
+        feat = linear_interpolation(hidden, input_fps=50, output_fps=30)
+        bucket, repeats = enc.get_audio_embed_bucket_fps(feat, fps=16, batch_frames=80, m=0)
+        _show(f"interp T={num}", feat)
+        _show(f"bucket T={num} repeats={repeats}", bucket, picks=12)
+
+
+def record_unipc() -> None:
+    from wan.utils.fm_solvers_unipc import FlowUniPCMultistepScheduler
+
+    for steps, shift in ((40, 3.0), (6, 5.0)):
+        sched = FlowUniPCMultistepScheduler(
+            num_train_timesteps=1000, shift=1, use_dynamic_shifting=False
+        )
+        sched.set_timesteps(steps, shift=shift)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(2, 3, 4, generator=g)
+        target = torch.linspace(-1, 1, 24).view(2, 3, 4)
+        for t in sched.timesteps:
+            # A toy flow towards ``target`` that also depends on t (exercises every coefficient).
+            v = (x - target) / (t.float() / 1000 + 0.05) + 0.01 * torch.cos(x)
+            x = sched.step(v, t, x, return_dict=False)[0]
+        print(f"unipc steps={steps} shift={shift} timesteps={sched.timesteps[:4].tolist()}...")
+        _show(f"unipc steps={steps} shift={shift}", x, picks=12)
+
+
+def record_t5(pattern) -> None:
+    current = torch.cuda.current_device
+    torch.cuda.current_device = lambda: 0  # a default argument of an unused class reads it
+    try:
+        from wan.modules.t5 import T5Encoder
+    finally:
+        torch.cuda.current_device = current
+
+    model = T5Encoder(
+        vocab=64,
+        dim=32,
+        dim_attn=32,
+        dim_ffn=48,
+        num_heads=4,
+        num_layers=2,
+        num_buckets=32,
+        shared_pos=False,
+        dropout=0.0,
+    ).eval()
+    pattern.fill_pattern(model)
+    ids = torch.tensor([[5, 9, 33, 2, 1, 0, 0, 0, 0, 0, 0, 0]])
+    mask = (torch.arange(12) < 5).long()[None]
+    with torch.no_grad():
+        out = model(ids, mask)
+    _show("t5 encoder (first 5 tokens)", out[:, :5])
+
+
+def record_14b_keys() -> None:
+    """The official S2V-14B built on the meta device: key/shape digest and parameter count."""
+    import hashlib
+
+    import wan.modules.s2v.model_s2v as s2v
+    from wan.configs.wan_s2v_14B import s2v_14B
+
+    cfg = dict(s2v_14B.transformer)
+    cfg.pop("__name__", None)
+    with torch.device("meta"):
+        model = s2v.WanModel_S2V(**cfg)
+    state = model.state_dict()
+    lines = "".join(f"{k}:{','.join(map(str, v.shape))}\n" for k, v in sorted(state.items()))
+    print(f"s2v-14b keys={len(state)} parameters={sum(v.numel() for v in state.values())}")
+    print(f"  sha256(key:shape lines)={hashlib.sha256(lines.encode()).hexdigest()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("official", type=Path, help="extracted Wan2.2 tree (holds wan/)")
+    args = parser.parse_args()
+    repo = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(args.official))
+    sys.path.insert(0, str(repo / "tests" / "engines" / "diffusion"))
+    _import_official(args.official)
+    import s2v_pattern as pattern
+
+    torch.set_printoptions(precision=10)
+    np.set_printoptions(precision=10)
+    record_14b_keys()
+    record_model(pattern)
+    record_audio_features(pattern)
+    record_unipc()
+    record_t5(pattern)
+
+
+if __name__ == "__main__":
+    main()
