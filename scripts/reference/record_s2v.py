@@ -133,7 +133,8 @@ def record_unipc() -> None:
         target = torch.linspace(-1, 1, 24).view(2, 3, 4)
         for t in sched.timesteps:
             # A toy flow towards ``target`` that also depends on t (exercises every coefficient).
-            v = (x - target) / (t.float() / 1000 + 0.05) + 0.01 * torch.cos(x)
+            tf = t.float()
+            v = (x - target * torch.cos(tf / 250)) / (tf / 1000 + 0.05) + 0.3 * torch.sin(3 * x)
             x = sched.step(v, t, x, return_dict=False)[0]
         print(f"unipc steps={steps} shift={shift} timesteps={sched.timesteps[:4].tolist()}...")
         _show(f"unipc steps={steps} shift={shift}", x, picks=12)
