@@ -9,23 +9,34 @@ import torch
 
 
 def fill_pattern(module: torch.nn.Module, gain: float = 1.0, bias: float = 0.05) -> None:
-    """A sine pattern over every tensor of ``module``'s state dict, in sorted key order.
+    """:func:`pattern_state` loaded into ``module``."""
+    state = module.state_dict()
+    values = pattern_state({k: tuple(v.shape) for k, v in state.items()}, gain, bias)
+    with torch.no_grad():
+        for name, p in state.items():
+            p.copy_(values[name].to(p.dtype))
+
+
+def pattern_state(
+    shapes: dict[str, tuple[int, ...]], gain: float = 1.0, bias: float = 0.05
+) -> dict[str, torch.Tensor]:
+    """A float64 sine pattern for every named shape, in sorted key order.
 
     Matrices get ``gain / sqrt(fan_in)``; vectors named ``weight`` (norm scales) ``1 + 0.1 x``;
     other vectors ``bias x``; the audio layer weights ``0.5 + 0.3 x`` (positive before the SiLU, so
     their normalising sum stays away from zero)."""
-    with torch.no_grad():
-        for i, (name, p) in enumerate(sorted(module.state_dict().items())):
-            w = torch.sin(torch.arange(p.numel(), dtype=torch.float64) * 0.61 + i).view(p.shape)
-            if name.endswith("casual_audio_encoder.weights"):
-                value = 0.5 + 0.3 * w
-            elif p.ndim == 1 and name.endswith("weight"):
-                value = 1.0 + 0.1 * w
-            elif p.ndim == 1:
-                value = bias * w
-            else:
-                value = w * (gain / p[0].numel() ** 0.5)
-            p.copy_(value.to(p.dtype))
+    out = {}
+    for i, (name, shape) in enumerate(sorted(shapes.items())):
+        w = torch.sin(torch.arange(math.prod(shape), dtype=torch.float64) * 0.61 + i).view(shape)
+        if name.endswith("casual_audio_encoder.weights"):
+            out[name] = 0.5 + 0.3 * w
+        elif len(shape) == 1 and name.endswith("weight"):
+            out[name] = 1.0 + 0.1 * w
+        elif len(shape) == 1:
+            out[name] = bias * w
+        else:
+            out[name] = w * (gain / math.prod(shape[1:]) ** 0.5)
+    return out
 
 
 def wave(shape: tuple[int, ...], freq: float, phase: float = 0.0) -> torch.Tensor:
