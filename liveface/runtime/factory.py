@@ -49,4 +49,6 @@ def diffusion_config(config: ServerConfig) -> DiffusionEngineConfig:
         fps=config.fps,
         chunk_frames=config.chunk_frames,
         lookahead_ms=config.lookahead_ms,
+        model=config.model,
+        fp8=config.fp8,
     )

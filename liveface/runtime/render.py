@@ -6,13 +6,13 @@ The same chunker and engine contract as the live path, driven as fast as the eng
 from __future__ import annotations
 
 import fractions
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import av
 import numpy as np
 
-from liveface.engines.base import Engine
+from liveface.engines.base import ClipRenderer, Engine, VideoChunk
 from liveface.errors import AudioFormatError, BadInputError
 from liveface.pipeline.audio_ring import AudioRing
 from liveface.pipeline.chunker import Chunker
@@ -90,7 +90,20 @@ def render(
     chunker = Chunker(spec, ring, vad.voiced)
     mux_audio = StreamingResampler(spec.sample_rate, MUX_RATE)
 
-    state = engine.open(portrait, None, {})
+    # Engines with a whole-clip offline path (ClipRenderer) render the file their own way.
+    whole = isinstance(engine, ClipRenderer)
+    state = None if whole else engine.open(portrait, None, {})
+
+    def results() -> Iterator[VideoChunk]:
+        if isinstance(engine, ClipRenderer):
+            yield from engine.render_clips(audio, portrait, None, progress)
+            return
+        for chunk in chunker.pop_ready():
+            if chunk.first_frame >= total_frames:
+                break
+            assert state is not None
+            yield engine.generate([(state, chunk)])[0]
+
     try:
         with av.open(str(out_path), mode="w") as container:
             vstream = container.add_stream("libx264", rate=spec.fps)
@@ -100,10 +113,9 @@ def render(
             astream = container.add_stream("aac", rate=MUX_RATE)
             astream.layout = "mono"
             done = 0
-            for chunk in chunker.pop_ready():
-                if chunk.first_frame >= total_frames:
+            for result in results():
+                if result.first_frame >= total_frames:
                     break
-                (result,) = engine.generate([(state, chunk)])
                 for i, frame in enumerate(result.frames):
                     if result.first_frame + i >= total_frames:
                         break
@@ -112,13 +124,14 @@ def render(
                     container.mux(vstream.encode(vf))
                     done += 1
                 _mux_audio(container, astream, mux_audio.push(result.audio))
-                if progress is not None:
+                if progress is not None and not whole:
                     progress(done, total_frames)
             _mux_audio(container, astream, mux_audio.push(np.zeros(0, np.float32), last=True))
             container.mux(vstream.encode(None))
             container.mux(astream.encode(None))
     finally:
-        engine.close(state)
+        if state is not None:
+            engine.close(state)
     return done
 
 

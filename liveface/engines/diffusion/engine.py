@@ -339,6 +339,10 @@ class DiffusionEngineConfig:
         width, height, fps: output video.
         chunk_frames: video frames per chunk, rounded up to whole latent frames.
         lookahead_ms: audio the engine may read past a chunk's end (0: strictly causal).
+        model: ``s2v-14b`` (the official Wan2.2-S2V-14B folder, which sets its own fps and clip
+            length), ``liveface`` (a ``liveface.json`` bundle) or None: detected from the
+            folder's ``config.json``.
+        fp8: store the DiT's block weights in FP8 (S2V).
     """
 
     checkpoint: str | None
@@ -347,6 +351,8 @@ class DiffusionEngineConfig:
     fps: int = 25
     chunk_frames: int = 4
     lookahead_ms: int = 0
+    model: str | None = None
+    fp8: bool = False
 
 
 def create_diffusion_engine(
@@ -363,6 +369,15 @@ def create_diffusion_engine(
             sizes the checkpoint cannot produce.
         CheckpointError: a damaged or mismatching file.
     """
+    from liveface.engines.diffusion.checkpoint.s2v import select_model
+
+    if select_model(config.checkpoint, config.model) == "s2v":
+        from liveface.engines.diffusion.engine_s2v import create_s2v_engine
+
+        return create_s2v_engine(
+            config.checkpoint, width=config.width, height=config.height,
+            lookahead_ms=config.lookahead_ms, fp8=config.fp8, device=device, dtype=dtype,
+        )  # fmt: skip
     bundle = load_bundle(config.checkpoint, device=device, dtype=dtype)
     per_latent = bundle.vae.temporal_ratio
     stream = bundle.manifest.stream.replace(

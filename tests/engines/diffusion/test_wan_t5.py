@@ -20,7 +20,10 @@ RECORDED = (0.03524695411, 0.8513206485, [
 
 def wan_shapes() -> dict[str, tuple[int, ...]]:
     """Keys and shapes of the official ``T5Encoder`` (``shared_pos=False``), tiny."""
-    out: dict[str, tuple[int, ...]] = {"token_embedding.weight": (VOCAB, DIM), "norm.weight": (DIM,)}
+    out: dict[str, tuple[int, ...]] = {
+        "token_embedding.weight": (VOCAB, DIM),
+        "norm.weight": (DIM,),
+    }
     for i in range(LAYERS):
         b = f"blocks.{i}."
         out |= {b + "norm1.weight": (DIM,), b + "norm2.weight": (DIM,)}

@@ -13,13 +13,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from liveface.engines.diffusion.dit.attention import Attention, FP32LayerNorm, KeyValue, concat_kv
+from liveface.engines.diffusion.dit.attention import (
+    Attention,
+    FP32LayerNorm,
+    KeyValue,
+    compute_dtype,
+    concat_kv,
+)
 from liveface.engines.diffusion.dit.rope import RotaryTables
 
 #: A function that returns the updated residual stream ``(batch, tokens, dim)``.
@@ -210,7 +215,7 @@ class DiTBlock(nn.Module):
         if after_cross_attn is not None:
             x = after_cross_attn(x)
         h = modulate(self.norm2(x), e[3], e[4], sizes)
-        y = self.ffn(h.to(cast(nn.Linear, self.ffn[0]).weight.dtype))
+        y = self.ffn(h.to(compute_dtype(self.ffn[0])))
         return gated_add(x, y, e[5], sizes), own
 
 

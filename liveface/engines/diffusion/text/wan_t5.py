@@ -26,7 +26,7 @@ import html
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -75,7 +75,7 @@ def umt5_config(state: Mapping[str, torch.Tensor]) -> Any:
         vocab_size=int(vocab), d_model=int(dim), d_kv=int(inner) // int(heads), d_ff=int(ffn),
         num_layers=layers, num_heads=int(heads), relative_attention_num_buckets=int(buckets),
         relative_attention_max_distance=128, feed_forward_proj="gated-gelu", dropout_rate=0.0,
-        tie_word_embeddings=False, is_encoder_decoder=False, use_cache=False,
+        is_encoder_decoder=False, use_cache=False,
     )  # fmt: skip
 
 
@@ -120,7 +120,7 @@ def load_wan_umt5(
     if missing:
         raise CheckpointError(f"{path} lacks umT5 weights: {', '.join(missing[:12])}")
     model.load_state_dict(mapped, strict=True, assign=True)
-    model = model.to(device).eval().requires_grad_(False)
+    model = cast(Any, model).to(device).eval().requires_grad_(False)
     tok = None
     if tokenizer is not None:
         tp = Path(tokenizer).expanduser()
