@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from liveface.engines.diffusion.dit.attention import Attention
+from liveface.engines.diffusion.dit.attention import Attention, compute_dtype
 from liveface.engines.diffusion.dit.audio_injection import AudioInjector, InjectionPoint
 
 #: LayerNorm epsilon of the AdaLN (diffusers ``AdaLayerNorm`` default).
@@ -34,8 +34,9 @@ class AdaNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         """``x`` ``(n, tokens, dim)``, ``embedding`` ``(n, dim)`` -> ``(n, tokens, dim)``."""
-        shift, scale = self.linear(F.silu(embedding)).chunk(2, dim=1)
-        normed = F.layer_norm(x, (x.shape[-1],), eps=ADAIN_EPS)
+        emb = F.silu(embedding.to(compute_dtype(self.linear)))
+        shift, scale = self.linear(emb).float().chunk(2, dim=1)
+        normed = F.layer_norm(x.float(), (x.shape[-1],), eps=ADAIN_EPS)
         return normed * (1 + scale[:, None]) + shift[:, None]
 
 
@@ -69,9 +70,9 @@ class S2VAudioInjector(AudioInjector):
         tokens = audio.flatten(0, 1)
         if self.adain:
             norm = cast(AdaNorm, self.injector_adain_layers[j])
-            x = norm(x, tokens[:, -1].float())
+            x = norm(x, tokens[:, -1])
             tokens = tokens[:, :-1]
         else:
-            x = F.layer_norm(x, (x.shape[-1],), eps=PRE_NORM_EPS)
+            x = F.layer_norm(x.float(), (x.shape[-1],), eps=PRE_NORM_EPS)
         out = cast(Attention, self.injector[j])(x, context=tokens)
         return out.unflatten(0, frames.shape[:2])
