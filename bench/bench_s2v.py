@@ -144,13 +144,13 @@ def gpu_part(runs: int, fp8: bool) -> None:
     for height, width in GPU_SIZES:
         h, w, frames = height // 8, width // 8, INFER_FRAMES // 4
         torch.cuda.reset_peak_memory_stats()
-        x, text, clip, audio = step_inputs(model, h, w, frames, dev)
+        inputs = step_inputs(model, h, w, frames, dev)
         t = torch.tensor([500.0], device=dev)
-        step = median_ms(lambda: model.denoise(x, t, text, clip, audio), runs, sync)
+        step = median_ms(lambda i=inputs, t=t: model.denoise(i[0], t, *i[1:]), runs, sync)
         z = torch.randn(1, 16, 19 + frames, h, w, device=dev, dtype=torch.bfloat16)
         last = torch.zeros(1, 73, height, width, 3, device=dev, dtype=torch.bfloat16)
 
-        def vae_work() -> None:
+        def vae_work(z: torch.Tensor = z, last: torch.Tensor = last) -> None:
             vae.decode(z, latents_per_step=1)
             vae.encode(last, latents_per_step=1)
 
