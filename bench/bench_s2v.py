@@ -146,7 +146,11 @@ def gpu_part(runs: int, fp8: bool) -> None:
         torch.cuda.reset_peak_memory_stats()
         inputs = step_inputs(model, h, w, frames, dev)
         t = torch.tensor([500.0], device=dev)
-        step = median_ms(lambda i=inputs, t=t: model.denoise(i[0], t, *i[1:]), runs, sync)
+
+        def forward(i: tuple = inputs, t: torch.Tensor = t) -> None:
+            model.denoise(i[0], t, *i[1:])
+
+        step = median_ms(forward, runs, sync)
         z = torch.randn(1, 16, 19 + frames, h, w, device=dev, dtype=torch.bfloat16)
         last = torch.zeros(1, 73, height, width, 3, device=dev, dtype=torch.bfloat16)
 
