@@ -20,6 +20,7 @@ Session options (``open``): ``seed`` (int >= 0).
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,8 @@ from liveface.engines.diffusion.vae.interface import frames_to_uint8
 from liveface.errors import BadInputError, ConfigError, SessionClosedError
 
 SAMPLE_RATE = 16000
+#: Prompts whose text keys/values stay cached (the negative prompt is one of them).
+TEXT_CACHE_SIZE = 8
 
 
 def quality_schedule(steps: int, guidance: float) -> list[tuple[int, float]]:
@@ -143,7 +146,7 @@ class S2VEngine(Engine):
         )  # fmt: skip
         self.levels = quality_schedule(s.steps, s.guidance)
         self.level = 0
-        self._texts: dict[str, TextContext] = {}
+        self._texts: OrderedDict[str, TextContext] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
@@ -171,10 +174,14 @@ class S2VEngine(Engine):
 
     # -- sessions ---------------------------------------------------------------------------------
     def _text(self, prompt: str) -> TextContext:
+        """The prompt's context; the newest ``TEXT_CACHE_SIZE`` prompts stay cached."""
         with self._lock:
             if prompt not in self._texts:
                 emb = self.bundle.text.encode([prompt])[0].to(self.bundle.device)
                 self._texts[prompt] = self.bundle.dit.prepare_context([emb])
+                while len(self._texts) > TEXT_CACHE_SIZE:
+                    self._texts.popitem(last=False)
+            self._texts.move_to_end(prompt)
             return self._texts[prompt]
 
     def _start(
@@ -210,6 +217,12 @@ class S2VEngine(Engine):
 
     def set_quality(self, level: int) -> None:
         self.level = level
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._texts.clear()
+        if self.bundle.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     # -- live -------------------------------------------------------------------------------------
     def generate(self, batch: Sequence[tuple[EngineState, AudioChunk]]) -> list[VideoChunk]:

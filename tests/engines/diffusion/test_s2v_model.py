@@ -16,6 +16,8 @@ import pytest
 import torch
 from s2v_pattern import fill_pattern, wave
 
+from liveface.engines.diffusion.dit.attention import KeyValue
+from liveface.engines.diffusion.dit.kv_cache import PrefixCache
 from liveface.engines.diffusion.dit.rope import rotary_tables
 from liveface.engines.diffusion.dit.s2v.config import S2VConfig
 from liveface.engines.diffusion.dit.s2v.frame_packer import motion_positions
@@ -139,6 +141,22 @@ def test_audio_injection_is_per_latent_frame(model: WanS2VDiT) -> None:
     moved = model.audio_injector.residual(0, frames, other)
     torch.testing.assert_close(moved[:, :2], base[:, :2], rtol=0, atol=0)
     assert not torch.allclose(moved[:, 2], base[:, 2])
+
+
+@torch.no_grad()
+def test_an_empty_key_value_prefix_changes_nothing(model: WanS2VDiT) -> None:
+    x = inputs()
+    text = model.prepare_context([x["context"]])
+    clip = model.prepare_clip(x["reference"], x["motion"], FRAMES)
+    audio = model.clip_audio(x["audio"])
+    t = torch.tensor([300.0])
+    heads, head_dim = model.config.num_heads, model.config.head_dim
+    empty = KeyValue(k=torch.zeros(1, heads, 0, head_dim), v=torch.zeros(1, heads, 0, head_dim))
+    prefix = PrefixCache((empty,) * model.config.num_layers)
+    plain = model.denoise(x["latents"], t, text, clip, audio)
+    torch.testing.assert_close(
+        model.denoise(x["latents"], t, text, clip, audio, prefix=prefix), plain
+    )
 
 
 def test_official_config_json_is_read_and_other_variants_are_refused() -> None:

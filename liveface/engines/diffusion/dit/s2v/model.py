@@ -13,6 +13,13 @@ One forward runs ``[noisy ; reference ; motion]`` tokens through every block tog
 timestep, the others with timestep 0 (``zero_timestep``), only the noisy tokens take audio and
 reach the head. Everything that does not change across the denoising steps of a clip is prepared
 once by :meth:`WanS2VDiT.prepare_clip` (:class:`ClipCondition`) and :meth:`WanS2VDiT.clip_audio`.
+
+Building on it (block-causal / KV-cached variants such as LiveAvatar): the blocks are the DiT's
+own :class:`~..blocks.DiTBlock` (``forward_with_kv`` returns a segment's keys/values with RoPE
+applied; ``prefix`` makes tokens attend to cached ones first); :meth:`WanS2VDiT.denoise` takes such
+a :class:`~..kv_cache.PrefixCache`; :meth:`~..model.WanDiT.embed_timesteps` modulates any segments
+(``sizes``) at their own timesteps; :meth:`~..model.WanDiT.rotary` builds RoPE tables for any
+positions (:mod:`.frame_packer` gives the official ones), so a sink can be re-roped per call.
 """
 
 from __future__ import annotations
