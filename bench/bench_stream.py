@@ -209,8 +209,12 @@ def cpu_part(args: argparse.Namespace) -> None:
         torch.manual_seed(0)
         models = random_models("tiny", device, dtype)
         root = write_bundle(Path(tmp) / "tiny", manifest=Manifest(stream=stream), **models)
-        config = DiffusionEngineConfig(checkpoint=str(root), width=args.cpu_size,
-                                       height=args.cpu_size, chunk_frames=args.chunk_frames)
+        config = DiffusionEngineConfig(
+            checkpoint=str(root),
+            width=args.cpu_size,
+            height=args.cpu_size,
+            chunk_frames=args.chunk_frames,
+        )
         engine = create_diffusion_engine(config, device="cpu", dtype="float32", profile=True)
         assert isinstance(engine, DiffusionEngine)
         print(f"CPU, float32, tiny random checkpoint at {args.cpu_size}x{args.cpu_size}, "

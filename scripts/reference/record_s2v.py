@@ -184,6 +184,148 @@ def record_14b_keys() -> None:
     print(f"  sha256(key:shape lines)={hashlib.sha256(lines.encode()).hexdigest()}")
 
 
+def _stub_torchvision_transforms() -> dict:
+    """torchvision's compiled ops do not load against this CPU torch; the pipeline only needs
+    ``Resize``/``CenterCrop``/``ToTensor`` on an image already of the target size, where the
+    first two are the identity. These stand-ins refuse any other case."""
+    from PIL import Image
+
+    def resize(size):
+        def run(img):
+            if min(img.size) != size:
+                raise NotImplementedError("the stand-in Resize only passes images of that size")
+            return img
+
+        return run
+
+    def center_crop(size):
+        def run(img):
+            if tuple(img.size[::-1]) != tuple(size):
+                raise NotImplementedError("the stand-in CenterCrop only passes that size")
+            return img
+
+        return run
+
+    def to_tensor():
+        def run(img):
+            assert isinstance(img, Image.Image)
+            return torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255.0
+
+        return run
+
+    tv = types.ModuleType("torchvision")
+    tr = types.ModuleType("torchvision.transforms")
+    tr.Resize, tr.CenterCrop, tr.ToTensor = resize, center_crop, to_tensor
+    tr.functional = types.ModuleType("torchvision.transforms.functional")
+    tv.transforms = tr
+    return {
+        "torchvision": tv,
+        "torchvision.transforms": tr,
+        "torchvision.transforms.functional": tr.functional,
+    }
+
+
+def _import_speech2video():
+    """``wan.speech2video`` with the stand-in transforms bound into it; they are removed from
+    ``sys.modules`` again so that transformers does not take them for torchvision."""
+    stubs = _stub_torchvision_transforms()
+    decord = types.ModuleType("decord")
+    decord.VideoReader = None  # only pose videos use it
+    sys.modules.update(stubs, decord=decord)
+    try:
+        import wan.speech2video as module
+    finally:
+        for name in stubs:
+            sys.modules.pop(name)
+    return module
+
+
+def record_pipeline(pattern) -> None:
+    """The official ``WanS2V.generate`` end to end on the tiny model: two clips of 8 frames,
+    UniPC 3 steps, CFG 4.5, seed 7, motion re-encoded by a tiny 16-channel Wan2.1-layout VAE
+    (pattern weights, the official latent statistics). The text encoder is replaced by fixed
+    embeddings (it is recorded on its own above)."""
+    import tempfile
+    import wave as wavfile
+
+    from PIL import Image
+
+    current = torch.cuda.current_device
+    torch.cuda.current_device = lambda: 0  # a default argument of an unused class reads it
+    try:
+        import wan.modules.model as base
+        import wan.modules.s2v.model_s2v as s2v
+        import wan.modules.vae2_1 as vae2_1
+        from wan.configs.wan_s2v_14B import s2v_14B
+        from wan.modules.s2v.audio_encoder import AudioEncoder
+
+        WanS2V = _import_speech2video().WanS2V
+    finally:
+        torch.cuda.current_device = current
+    base.flash_attention = _sdpa_attention
+    s2v.flash_attention = _sdpa_attention
+    p = pattern.PIPELINE
+    tmp = Path(tempfile.mkdtemp())
+    (tmp / "w2v").mkdir()
+    pattern.write_wav2vec2(tmp / "w2v")
+    audio = pattern.pipeline_audio()
+    with wavfile.open(str(tmp / "a.wav"), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((audio * 32768).round().to(torch.int16).numpy().tobytes())
+    Image.fromarray(pattern.pipeline_image().numpy()).save(tmp / "p.png")
+
+    def load(path, sr):  # librosa.load of a 16 kHz 16-bit wav at 16 kHz: samples / 32768
+        with wavfile.open(path, "rb") as w:
+            pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+        return pcm.astype(np.float32) / 32768.0, sr
+
+    sys.modules["librosa"].load = load
+    tiny_vae = vae2_1.WanVAE_(
+        dim=p["vae_dim"], z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=2, attn_scales=[],
+        temperal_downsample=[False, True, True], dropout=0.0,
+    ).eval()  # fmt: skip
+    pattern.fill_pattern(tiny_vae, gain=p["vae_gain"])
+    vae2_1._video_vae = lambda pretrained_path=None, z_dim=None, **_: tiny_vae
+    context, context_null = pattern.pipeline_contexts()
+
+    def text_encoder(texts, device):
+        return [context_null if texts == ["negative"] else context]
+
+    torch.manual_seed(0)
+    model = s2v.WanModel_S2V(**TINY).eval()
+    pattern.fill_pattern(model)
+    pipe = object.__new__(WanS2V)
+    cfg = s2v_14B
+    pipe.device, pipe.config, pipe.rank = torch.device("cpu"), cfg, 0
+    pipe.t5_cpu, pipe.init_on_cpu = True, False
+    pipe.num_train_timesteps, pipe.param_dtype = 1000, torch.float32
+    pipe.text_encoder = text_encoder
+    pipe.vae = vae2_1.Wan2_1_VAE(vae_pth="(pattern)", device="cpu")
+    pipe.noise_model = model
+    pipe.audio_encoder = AudioEncoder(device="cpu", model_id=str(tmp / "w2v"))
+    pipe.sp_size, pipe.sample_neg_prompt = 1, "negative"
+    pipe.motion_frames, pipe.drop_first_motion = MOTION_FRAMES, True
+    pipe.fps, pipe.audio_sample_m = 16, 0
+    decoded = []  # the latents each clip decodes: [reference or motion ; the clip's]
+    decode = pipe.vae.decode
+    pipe.vae.decode = lambda zs: decoded.append(zs[0].clone()) or decode(zs)
+    with torch.no_grad():
+        video = pipe.generate(
+            input_prompt="prompt", ref_image_path=str(tmp / "p.png"),
+            audio_path=str(tmp / "a.wav"), enable_tts=False, tts_prompt_audio=None,
+            tts_prompt_text=None, tts_text=None, num_repeat=None, pose_video=None,
+            max_area=p["size"] ** 2, infer_frames=p["infer_frames"], shift=p["shift"],
+            sample_solver="unipc", sampling_steps=p["steps"], guide_scale=p["guidance"],
+            n_prompt="negative", seed=p["seed"], offload_model=False,
+        )  # fmt: skip
+    for r, z in enumerate(decoded):
+        _show(f"pipeline clip {r} latents (C, F, h, w)", z[:, -p["infer_frames"] // 4 :], picks=12)
+    _show("pipeline video (C, N, H, W)", video, picks=12)
+    _show("pipeline video, last frame", video[:, -1], picks=12)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("official", type=Path, help="extracted Wan2.2 tree (holds wan/)")
@@ -201,6 +343,7 @@ def main() -> None:
     record_audio_features(pattern)
     record_unipc()
     record_t5(pattern)
+    record_pipeline(pattern)
 
 
 if __name__ == "__main__":
