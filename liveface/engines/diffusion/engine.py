@@ -375,7 +375,7 @@ def create_diffusion_engine(
         from liveface.engines.diffusion.engine_s2v import create_s2v_engine
 
         return create_s2v_engine(
-            config.checkpoint, width=config.width, height=config.height,
+            config.checkpoint, width=config.width, height=config.height, fps=config.fps,
             lookahead_ms=config.lookahead_ms, fp8=config.fp8, device=device, dtype=dtype,
         )  # fmt: skip
     bundle = load_bundle(config.checkpoint, device=device, dtype=dtype)

@@ -19,6 +19,7 @@ Session options (``open``): ``seed`` (int >= 0).
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,6 +42,8 @@ from liveface.engines.diffusion.streaming.s2v_clips import (
 )
 from liveface.engines.diffusion.vae.interface import frames_to_uint8
 from liveface.errors import BadInputError, ConfigError, SessionClosedError
+
+log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 #: Prompts whose text keys/values stay cached (the negative prompt is one of them).
@@ -312,6 +315,7 @@ def create_s2v_engine(
     *,
     width: int = 512,
     height: int = 512,
+    fps: int | None = None,
     lookahead_ms: int = 0,
     fp8: bool = False,
     device: str | torch.device | None = None,
@@ -328,4 +332,6 @@ def create_s2v_engine(
 
     bundle = load_s2v_bundle(checkpoint, device=device, dtype=dtype, fp8=fp8)
     config = S2VEngineConfig(width=width, height=height, lookahead_ms=lookahead_ms)
+    if fps is not None and fps != config.fps:
+        log.warning("Wan-S2V renders %d fps; the configured %d fps is not used", config.fps, fps)
     return S2VEngine(bundle, config)
