@@ -163,3 +163,19 @@ def test_render_command_runs_the_official_pipeline(folder, tmp_path, capsys) -> 
         video = container.streams.video[0]
         assert (video.width, video.height) == (64, 64)
         assert sum(1 for _ in container.decode(video=0)) == 16
+
+
+def test_bad_options_are_refused_and_closed_sessions_say_so(bundle) -> None:
+    from liveface.errors import BadInputError, SessionClosedError
+
+    sampling = S2VSampling(infer_frames=8, steps=1, guidance=1.0)
+    engine = S2VEngine(bundle, S2VEngineConfig(width=64, height=64, sampling=sampling))
+    with pytest.raises(BadInputError, match="unknown S2V option"):
+        engine.open(None, None, {"sed": 1})
+    with pytest.raises(BadInputError, match="seed"):
+        engine.open(None, None, {"seed": -1})
+    state = engine.open(None, None, {})
+    engine.close(state)
+    (chunk,) = chunks_of(engine, np.zeros(16000, np.float32), 1)
+    with pytest.raises(SessionClosedError):
+        engine.generate([(state, chunk)])
