@@ -34,7 +34,12 @@ GPU_SIZES = ((512, 512), (704, 1280))
 INFER_FRAMES = 80
 
 
-def median_ms(fn: Callable[[], object], runs: int, sync: Callable[[], None]) -> float:
+def median_ms(
+    fn: Callable[[], object], runs: int, sync: Callable[[], None], warmup: int = 3
+) -> float:
+    """Median wall time of ``fn`` after ``warmup`` untimed calls (kernel selection, caches)."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(runs):
         sync()
