@@ -195,7 +195,7 @@ def chunk_flops(engine: Any, latents: int, steps: int) -> tuple[float, float]:
 
 
 def bench_engine(root: Path, h: int, w: int, args: argparse.Namespace, peak: float | None) -> Any:
-    from liveface.engines.diffusion.engine import DiffusionEngineConfig, create_diffusion_engine
+    from liveface.engines.diffusion.factory import DiffusionEngineConfig, create_diffusion_engine
 
     dev = torch.device(args.device)
     config = DiffusionEngineConfig(checkpoint=str(root), width=w, height=h, fps=25,

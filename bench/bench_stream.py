@@ -37,11 +37,8 @@ from liveface.engines.diffusion.dit.audio_adapter import AudioAdapter
 from liveface.engines.diffusion.dit.audio_config import AudioConfig
 from liveface.engines.diffusion.dit.config import DiTConfig
 from liveface.engines.diffusion.dit.model import WanDiT
-from liveface.engines.diffusion.engine import (
-    DiffusionEngine,
-    DiffusionEngineConfig,
-    create_diffusion_engine,
-)
+from liveface.engines.diffusion.engine import DiffusionEngine
+from liveface.engines.diffusion.factory import DiffusionEngineConfig, create_diffusion_engine
 from liveface.engines.diffusion.portrait import default_portrait
 from liveface.engines.diffusion.streaming.codebook import CodebookConfig
 from liveface.engines.diffusion.streaming.config import StreamConfig

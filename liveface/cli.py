@@ -144,6 +144,12 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-frames", type=int, help="video frames per engine chunk")
     p.add_argument("--lookahead-ms", type=int, help="audio lookahead past a chunk (default 0)")
     p.add_argument("--checkpoint", help="diffusion engine checkpoint directory")
+    p.add_argument(
+        "--model",
+        choices=["s2v-14b", "liveface"],
+        help="diffusion model of --checkpoint (default: detected from its config.json)",
+    )
+    p.add_argument("--fp8", action="store_true", help="FP8 weights for the diffusion DiT")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
 
 
@@ -205,6 +211,8 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         chunk_frames=args.chunk_frames,
         lookahead_ms=args.lookahead_ms,
         checkpoint=args.checkpoint,
+        model=args.model,
+        fp8=True if args.fp8 else None,
         log_level=args.log_level,
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),

@@ -12,9 +12,9 @@ from any thread; ``generate`` only from the EngineWorker's thread.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -127,6 +127,7 @@ class ChunkInfo:
             diffusion engine's ``Stage`` values), summed over the batch.
         steps_ms: time per denoising step when the engine profiles.
         latent_frames: latent frames generated (latent engines).
+        steps: denoising steps the chunk took (diffusion engines).
         codebook_corrected: features the drift-correction codebook pulled back (None: no
             codebook in use).
     """
@@ -136,6 +137,7 @@ class ChunkInfo:
     stages_ms: dict[str, float] = field(default_factory=dict)
     steps_ms: list[float] = field(default_factory=list)
     latent_frames: int | None = None
+    steps: int | None = None
     codebook_corrected: float | None = None
 
 
@@ -225,3 +227,21 @@ class Engine(abc.ABC):
 
     def shutdown(self) -> None:  # noqa: B027 - optional hook, most engines hold nothing global
         """Release engine-wide resources when the server stops."""
+
+
+@runtime_checkable
+class ClipRenderer(Protocol):
+    """An engine that renders a whole audio file better offline than chunk by chunk (e.g. with
+    speech features computed over the whole clip, as its official pipeline does). Offline
+    rendering uses it instead of :meth:`Engine.generate` when the engine has it."""
+
+    def render_clips(
+        self,
+        audio: np.ndarray,
+        portrait: np.ndarray | None,
+        prompt: str | None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> Iterator[VideoChunk]:
+        """Video chunks for ``audio`` (float32 mono at ``spec.sample_rate``), frames from 0 on,
+        each with the samples it spans; ``progress(done_frames, total_frames)`` as it goes."""
+        ...

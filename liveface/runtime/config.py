@@ -77,6 +77,9 @@ class ServerConfig:
         http: serve HTTP/WebRTC (False with ``zmq`` set runs ZeroMQ only).
         zmq_curve_dir: directory with ``server.key_secret`` and ``authorized_clients/`` (CURVE).
         checkpoint: diffusion checkpoint directory.
+        model: diffusion model of ``checkpoint``: ``s2v-14b`` (the official Wan2.2-S2V-14B
+            folder), ``liveface`` (a liveface.json bundle), None: detected from the folder.
+        fp8: store the diffusion DiT's block weights in FP8 (about half the memory).
         max_upload_mb: largest portrait upload accepted.
         audio_jitter_packets: audio packets aiortc holds before decoding (its default is 4).
         degrade_high, degrade_low: engine utilisation above which quality is lowered, below
@@ -108,6 +111,8 @@ class ServerConfig:
     http: bool = True
     zmq_curve_dir: str | None = None
     checkpoint: str | None = None
+    model: str | None = None
+    fp8: bool = False
     max_upload_mb: float = 10.0
     audio_jitter_packets: int = 0
     degrade_high: float = 0.9
@@ -152,6 +157,8 @@ class ServerConfig:
             problems.append("degrade thresholds need 0 < degrade_low < degrade_high")
         if not self.http and not self.zmq:
             problems.append("with http off, set zmq to an address, or nothing is served")
+        if self.model not in (None, "s2v-14b", "liveface"):
+            problems.append(f"model must be s2v-14b or liveface (got {self.model!r})")
         if self.portrait is not None and not Path(self.portrait).is_file():
             problems.append(f"portrait {self.portrait} is not a file")
         if problems:

@@ -12,7 +12,7 @@ from liveface.errors import ConfigError
 from liveface.runtime.config import ServerConfig
 
 if TYPE_CHECKING:  # torch is imported only when the diffusion engine is asked for
-    from liveface.engines.diffusion.engine import DiffusionEngineConfig
+    from liveface.engines.diffusion.factory import DiffusionEngineConfig
 
 
 def create_engine(config: ServerConfig) -> Engine:
@@ -35,7 +35,7 @@ def create_engine(config: ServerConfig) -> Engine:
             )
         )
     if config.engine == "diffusion":
-        from liveface.engines.diffusion.engine import create_diffusion_engine
+        from liveface.engines.diffusion.factory import create_diffusion_engine
 
         return create_diffusion_engine(diffusion_config(config))
     raise ConfigError(f"unknown engine {config.engine!r}")
@@ -43,7 +43,7 @@ def create_engine(config: ServerConfig) -> Engine:
 
 def diffusion_config(config: ServerConfig) -> DiffusionEngineConfig:
     """The diffusion engine's part of the server config."""
-    from liveface.engines.diffusion.engine import DiffusionEngineConfig
+    from liveface.engines.diffusion.factory import DiffusionEngineConfig
 
     return DiffusionEngineConfig(
         checkpoint=config.checkpoint,
@@ -52,6 +52,8 @@ def diffusion_config(config: ServerConfig) -> DiffusionEngineConfig:
         fps=config.fps,
         chunk_frames=config.chunk_frames,
         lookahead_ms=config.lookahead_ms,
+        model=config.model,
+        fp8=config.fp8,
     )
 
 

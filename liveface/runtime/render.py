@@ -12,13 +12,13 @@ from __future__ import annotations
 import fractions
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import av
 import numpy as np
 
-from liveface.engines.base import Engine
+from liveface.engines.base import ClipRenderer, Engine, VideoChunk
 from liveface.errors import AudioFormatError, BadInputError
 from liveface.pipeline.ingest import AudioIngest
 from liveface.pipeline.pacer import OutputSignal, PacedFrame, PaceTiming, VideoPacer
@@ -143,24 +143,35 @@ def render(
     stream.push(padded, now=0.0)
     pacer = VideoPacer(stream, OutputSignal(), PaceTiming(realtime=False), with_audio=True)
 
-    state = engine.open(portrait, None, {})
+    # Engines with a whole-clip offline path (ClipRenderer) render the file their own way.
+    whole = isinstance(engine, ClipRenderer)
+    state = None if whole else engine.open(portrait, None, {})
+
+    def results() -> Iterator[VideoChunk]:
+        if isinstance(engine, ClipRenderer):
+            yield from engine.render_clips(audio, portrait, None, progress)
+            return
+        for chunk in stream.chunker.pop_ready():
+            if chunk.first_frame >= total_frames:
+                break
+            assert state is not None
+            yield engine.generate([(state, chunk)])[0]
+
     done = 0
     try:
         encoder = _Encoder(out_path, spec.width, spec.height, spec.fps, spec.sample_rate)
         try:
-            for chunk in stream.chunker.pop_ready():
-                if chunk.first_frame >= total_frames:
-                    break
-                (result,) = engine.generate([(state, chunk)])
+            for result in results():
                 stream.accept(result)
                 for item in pacer.drain():
                     if item.index < total_frames:
                         encoder.put(item)
                         done += 1
-                if progress is not None:
+                if progress is not None and not whole:
                     progress(done, total_frames)
         finally:
             encoder.close()
     finally:
-        engine.close(state)
+        if state is not None:
+            engine.close(state)
     return done

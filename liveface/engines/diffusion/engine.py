@@ -1,6 +1,6 @@
 """The diffusion engine: DiT + audio adapter + VAE behind the engine contract, streaming.
 
-``create_diffusion_engine(config)`` loads a checkpoint directory (layout:
+``factory.create_diffusion_engine(config)`` loads a checkpoint directory (layout:
 :mod:`.checkpoint.bundle`) and sizes the engine from the server config. Per chunk see
 :mod:`.streaming.generation`; per session see :mod:`.streaming.state`.
 
@@ -15,12 +15,10 @@ or off), ``codebook_mode`` (``soft`` / ``hard``), ``codebook_tau`` (positive flo
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,7 +35,7 @@ from liveface.engines.base import (
 from liveface.engines.diffusion.audio.conditioner import AudioConditioner, AudioPlan
 from liveface.engines.diffusion.backends.batching import group_by
 from liveface.engines.diffusion.backends.compiled import CompileConfig, CompiledStep
-from liveface.engines.diffusion.checkpoint.loading import Bundle, load_bundle
+from liveface.engines.diffusion.checkpoint.loading import Bundle
 from liveface.engines.diffusion.dit.model import TextContext
 from liveface.engines.diffusion.portrait import augmented_views, default_portrait, fit_portrait
 from liveface.engines.diffusion.sampling.flow import cheaper_schedules, describe_schedule
@@ -337,53 +335,3 @@ def _diffusion_state(state: EngineState) -> DiffusionState:
     if not isinstance(state, DiffusionState):
         raise BadInputError("not a diffusion engine session")
     return state
-
-
-@dataclass(frozen=True)
-class DiffusionEngineConfig:
-    """What the server decides for the diffusion engine; the checkpoint decides the rest.
-
-    Attributes:
-        checkpoint: the checkpoint directory (layout: :mod:`.checkpoint.bundle`).
-        width, height, fps: output video.
-        chunk_frames: video frames per chunk, rounded up to whole latent frames.
-        lookahead_ms: audio the engine may read past a chunk's end (0: strictly causal).
-    """
-
-    checkpoint: str | None
-    width: int = 512
-    height: int = 512
-    fps: int = 25
-    chunk_frames: int = 4
-    lookahead_ms: int = 0
-
-
-def create_diffusion_engine(
-    config: DiffusionEngineConfig,
-    *,
-    device: str | torch.device | None = None,
-    dtype: str | torch.dtype | None = None,
-    profile: bool = False,
-) -> Engine:
-    """The diffusion engine for ``config.checkpoint``, sized and timed from ``config``.
-
-    Raises:
-        ConfigError: no checkpoint, an incomplete one (says what to download and where), or
-            sizes the checkpoint cannot produce.
-        CheckpointError: a damaged or mismatching file.
-    """
-    bundle = load_bundle(config.checkpoint, device=device, dtype=dtype)
-    per_latent = bundle.vae.temporal_ratio
-    stream = bundle.manifest.stream.replace(
-        chunk_latents=max(1, math.ceil(config.chunk_frames / per_latent))
-    )
-    rate = bundle.adapter.config.sample_rate
-    return DiffusionEngine(
-        bundle,
-        width=config.width,
-        height=config.height,
-        fps=config.fps,
-        lookahead=config.lookahead_ms * rate // 1000,
-        stream=stream,
-        profile=profile,
-    )

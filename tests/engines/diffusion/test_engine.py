@@ -6,11 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from liveface.engines.diffusion.engine import (
-    DiffusionEngine,
-    DiffusionEngineConfig,
-    create_diffusion_engine,
-)
+from liveface.engines.diffusion.engine import DiffusionEngine
+from liveface.engines.diffusion.factory import DiffusionEngineConfig, create_diffusion_engine
 from liveface.errors import BadInputError, CheckpointError, ConfigError, SessionClosedError
 from liveface.runtime.config import ServerConfig
 from liveface.runtime.factory import create_engine

@@ -16,6 +16,16 @@ from torch import nn
 from liveface.engines.diffusion.dit.rope import RotaryTables, apply_rotary
 
 
+def compute_dtype(layer: nn.Module) -> torch.dtype:
+    """The dtype a linear layer computes in (its weight's, or an FP8 layer's compute dtype)."""
+    dtype = getattr(layer, "compute_dtype", None)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    weight = layer.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight.dtype
+
+
 class RMSNorm(nn.Module):
     """RMS normalisation over the last dimension with a learned scale ``weight`` ``(dim,)``."""
 
@@ -95,7 +105,7 @@ class Attention(nn.Module):
 
     def project_context(self, context: torch.Tensor) -> KeyValue:
         """``context``: ``(batch, context_tokens, context_dim)`` -> keys and values."""
-        context = context.to(self.k.weight.dtype)
+        context = context.to(compute_dtype(self.k))
         k = self._heads(self.norm_k(self.k(context))).transpose(1, 2)
         v = self._heads(self.v(context)).transpose(1, 2)
         return KeyValue(k=k, v=v)
@@ -111,7 +121,7 @@ class Attention(nn.Module):
         Returns:
             queries ``(batch, heads, tokens, head_dim)`` and the tokens' :class:`KeyValue`.
         """
-        x = x.to(self.q.weight.dtype)
+        x = x.to(compute_dtype(self.q))
         q = self._heads(self.norm_q(self.q(x)))
         k = self._heads(self.norm_k(self.k(x)))
         v = self._heads(self.v(x))
@@ -154,7 +164,7 @@ class Attention(nn.Module):
             if prefix is not None:
                 kv = concat_kv(prefix, kv)
         else:
-            x = x.to(self.q.weight.dtype)
+            x = x.to(compute_dtype(self.q))
             q = self._heads(self.norm_q(self.q(x))).transpose(1, 2)
             kv = context if isinstance(context, KeyValue) else self.project_context(context)
         return self.attend(q, kv, mask)

@@ -3,7 +3,9 @@
 Timestep modulation is held per *segment* of tokens: one segment for a single timestep per sample,
 one per token frame for per-frame timesteps (the usual case: conditioning frames at ``t = 0``,
 noisy frames at ``t``), or one per token. The modulation tensors then have ``segments`` rows and
-broadcast over the ``tokens // segments`` tokens of each segment without being expanded.
+broadcast over the ``tokens // segments`` tokens of each segment without being expanded. Segments
+of unequal length (Wan-S2V: the noisy tokens at ``t``, then reference and motion tokens at 0) give
+their token counts in :attr:`Modulation.sizes`.
 """
 
 from __future__ import annotations
@@ -11,13 +13,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from liveface.engines.diffusion.dit.attention import Attention, FP32LayerNorm, KeyValue, concat_kv
+from liveface.engines.diffusion.dit.attention import (
+    Attention,
+    FP32LayerNorm,
+    KeyValue,
+    compute_dtype,
+    concat_kv,
+)
 from liveface.engines.diffusion.dit.rope import RotaryTables
 
 #: A function that returns the updated residual stream ``(batch, tokens, dim)``.
@@ -58,31 +65,53 @@ class Modulation:
     Attributes:
         embedding: float32 ``(batch, segments, dim)``, the timestep embedding (used by the head).
         projected: float32 ``(batch, segments, 6, dim)``, its projection (used by the blocks).
-        segments: number of token segments with their own timestep; ``tokens % segments == 0``.
+        sizes: token count of each segment, or None for equal segments (``tokens % segments ==
+            0``).
     """
 
     embedding: torch.Tensor
     projected: torch.Tensor
+    sizes: tuple[int, ...] | None = None
 
     @property
     def segments(self) -> int:
         return self.embedding.shape[1]
 
 
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def modulate(
+    x: torch.Tensor,
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    sizes: tuple[int, ...] | None = None,
+) -> torch.Tensor:
     """``x * (1 + scale) + shift`` per segment.
 
     Args:
         x: float32 ``(batch, tokens, dim)``.
         shift, scale: float32 ``(batch, segments, dim)``.
+        sizes: tokens per segment (None: equal segments).
     """
+    if sizes is not None:
+        parts = x.split(sizes, dim=1)
+        return torch.cat(
+            [
+                torch.addcmul(shift[:, i : i + 1], p, 1 + scale[:, i : i + 1])
+                for i, p in enumerate(parts)
+            ],
+            dim=1,
+        )
     b, n, d = x.shape
     xs = x.view(b, shift.shape[1], -1, d)
     return torch.addcmul(shift[:, :, None], xs, 1 + scale[:, :, None]).view(b, n, d)
 
 
-def gated_add(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+def gated_add(
+    x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, sizes: tuple[int, ...] | None = None
+) -> torch.Tensor:
     """``x + y * gate`` per segment; ``x`` float32 ``(batch, tokens, dim)``, ``y`` any dtype."""
+    if sizes is not None:
+        gated = [p.float() * gate[:, i : i + 1] for i, p in enumerate(y.split(sizes, dim=1))]
+        return x + torch.cat(gated, dim=1)
     b, n, d = x.shape
     seg = gate.shape[1]
     out = torch.addcmul(x.view(b, seg, -1, d), y.float().view(b, seg, -1, d), gate[:, :, None])
@@ -164,7 +193,8 @@ class DiTBlock(nn.Module):
         """Only the self-attention keys/values of ``x`` (what :meth:`forward_with_kv` returns),
         without running the rest of the block."""
         e = (self.modulation.float()[:, None] + mod.projected).unbind(dim=2)
-        return self.self_attn.self_projections(modulate(self.norm1(x), e[0], e[1]), rope)[1]
+        normed = modulate(self.norm1(x), e[0], e[1], mod.sizes)
+        return self.self_attn.self_projections(normed, rope)[1]
 
     def _run(
         self,
@@ -177,15 +207,16 @@ class DiTBlock(nn.Module):
         prefix: KeyValue | None,
     ) -> tuple[torch.Tensor, KeyValue]:
         e = (self.modulation.float()[:, None] + mod.projected).unbind(dim=2)
-        q, own = self.self_attn.self_projections(modulate(self.norm1(x), e[0], e[1]), rope)
+        sizes = mod.sizes
+        q, own = self.self_attn.self_projections(modulate(self.norm1(x), e[0], e[1], sizes), rope)
         keys = own if prefix is None else concat_kv(prefix, own)
-        x = gated_add(x, self.self_attn.attend(q, keys, self_attn_mask), e[2])
+        x = gated_add(x, self.self_attn.attend(q, keys, self_attn_mask), e[2], sizes)
         x = x + self.cross_attn(self.norm3(x), context=text).float()
         if after_cross_attn is not None:
             x = after_cross_attn(x)
-        h = modulate(self.norm2(x), e[3], e[4])
-        y = self.ffn(h.to(cast(nn.Linear, self.ffn[0]).weight.dtype))
-        return gated_add(x, y, e[5]), own
+        h = modulate(self.norm2(x), e[3], e[4], sizes)
+        y = self.ffn(h.to(compute_dtype(self.ffn[0])))
+        return gated_add(x, y, e[5], sizes), own
 
 
 class Head(nn.Module):
@@ -201,4 +232,4 @@ class Head(nn.Module):
         """``x``: float32 ``(batch, tokens, dim)`` -> float32 ``(batch, tokens, out_channels)``."""
         shift, scale = (self.modulation.float()[:, None] + mod.embedding[:, :, None]).unbind(2)
         # The official head runs in float32 (autocast disabled); it is a small matmul.
-        return linear_fp32(self.head, modulate(self.norm(x), shift, scale))
+        return linear_fp32(self.head, modulate(self.norm(x), shift, scale, mod.sizes))

@@ -21,7 +21,6 @@ forward, none of which change the numbers for the official inputs:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import cast
 
 import torch
@@ -45,43 +44,18 @@ from liveface.engines.diffusion.dit.blocks import (
 from liveface.engines.diffusion.dit.config import DiTConfig
 from liveface.engines.diffusion.dit.kv_cache import PrefixCache
 from liveface.engines.diffusion.dit.rope import RotaryTables, grid_positions, rotary_tables
+from liveface.engines.diffusion.dit.tokens import (
+    TextContext,
+    TokenGrid,
+    expand_batch,
+    expand_kv,
+    frame_causal_mask,
+)
+
+__all__ = ["AUDIO_PREFIX", "TextContext", "TokenGrid", "WanDiT", "frame_causal_mask"]
 
 #: Prefix of the audio module's parameters inside the DiT's ``state_dict``.
 AUDIO_PREFIX = "audio."
-
-
-@dataclass(frozen=True)
-class TokenGrid:
-    """Token counts along (frames, height, width) after patchifying."""
-
-    frames: int
-    height: int
-    width: int
-
-    @property
-    def per_frame(self) -> int:
-        return self.height * self.width
-
-    @property
-    def tokens(self) -> int:
-        return self.frames * self.per_frame
-
-
-@dataclass(frozen=True)
-class TextContext:
-    """A prompt prepared for the DiT, computed once per session and reused for every step.
-
-    Attributes:
-        states: projected text ``(batch, text_len, dim)``.
-        kv: per-block keys/values of the text cross-attention, or None when not cached.
-    """
-
-    states: torch.Tensor
-    kv: tuple[KeyValue, ...] | None = None
-
-    @property
-    def batch(self) -> int:
-        return self.states.shape[0]
 
 
 class WanDiT(nn.Module):
@@ -193,13 +167,21 @@ class WanDiT(nn.Module):
                 f"{grid.frames} token frames of {grid.per_frame} tokens: give (batch,), "
                 "(batch, frames) or (batch, tokens)"
             )
-        h = sinusoidal_embedding(t, self.config.freq_dim)
+        return self.embed_timesteps(t)
+
+    def embed_timesteps(
+        self, timesteps: torch.Tensor, sizes: tuple[int, ...] | None = None
+    ) -> Modulation:
+        """The modulation of ``(batch, segments)`` timesteps (segments of ``sizes`` tokens)."""
+        h = sinusoidal_embedding(
+            timesteps.to(self.patch_embedding.weight.device), self.config.freq_dim
+        )
         emb = linear_fp32(
             cast(nn.Linear, self.time_embedding[2]),
             torch.nn.functional.silu(linear_fp32(cast(nn.Linear, self.time_embedding[0]), h)),
         )
         proj = linear_fp32(cast(nn.Linear, self.time_projection[1]), torch.nn.functional.silu(emb))
-        return Modulation(embedding=emb, projected=proj.unflatten(-1, (BLOCK_MODULATIONS, -1)))
+        return Modulation(emb, proj.unflatten(-1, (BLOCK_MODULATIONS, -1)), sizes)
 
     # -- forward ----------------------------------------------------------------------------------
     def patch_grid(self, latents: torch.Tensor) -> torch.Tensor:
@@ -272,8 +254,8 @@ class WanDiT(nn.Module):
         if context.batch not in (1, b):
             raise ValueError(f"text context batch {context.batch} does not match batch {b}")
         if context.kv is None:
-            return [_expand(context.states, b)] * len(self.blocks)
-        return [_expand_kv(kv, b) for kv in context.kv]
+            return [expand_batch(context.states, b)] * len(self.blocks)
+        return [expand_kv(kv, b) for kv in context.kv]
 
     def forward(
         self,
@@ -326,8 +308,32 @@ class WanDiT(nn.Module):
         text = context if isinstance(context, TextContext) else self.prepare_context(context)
         texts = self._batched_text(text, b)
 
+        x = self.run_blocks(
+            x, mod, rope, texts, grid, audio=audio, injector=self.audio, mask=mask, prefix=before
+        )
+        out = self.head(x, mod)
+        return self.unpatchify(out, grid)
+
+    def run_blocks(
+        self,
+        x: torch.Tensor,
+        mod: Modulation,
+        rope: RotaryTables,
+        texts: Sequence[KeyValue | torch.Tensor],
+        grid: TokenGrid,
+        *,
+        audio: AudioTokens | None = None,
+        injector: AudioInjector | None = None,
+        mask: torch.Tensor | None = None,
+        prefix: PrefixCache | None = None,
+    ) -> torch.Tensor:
+        """Every block over the residual stream ``x`` ``(batch, tokens, dim)`` (float32), with the
+        audio module's residuals; the grid's tokens come first in ``x`` (later tokens, such as
+        Wan-S2V's reference and motion tokens, get no audio).
+
+        ``prefix``: per-block keys/values every token also attends to (batch ``batch``)."""
         for i, block in enumerate(self._blocks()):
-            mid = self._audio_hook(i, InjectionPoint.AFTER_CROSS_ATTN, audio, grid)
+            mid = self._audio_hook(i, InjectionPoint.AFTER_CROSS_ATTN, audio, grid, injector)
             x = block(
                 x,
                 mod,
@@ -335,19 +341,21 @@ class WanDiT(nn.Module):
                 texts[i],
                 after_cross_attn=mid,
                 self_attn_mask=mask,
-                prefix=None if before is None else before.kv[i],
+                prefix=None if prefix is None else prefix.kv[i],
             )
-            after = self._audio_hook(i, InjectionPoint.AFTER_BLOCK, audio, grid)
+            after = self._audio_hook(i, InjectionPoint.AFTER_BLOCK, audio, grid, injector)
             if after is not None:
                 x = after(x)
-
-        out = self.head(x, mod)
-        return self.unpatchify(out, grid)
+        return x
 
     def _audio_hook(
-        self, index: int, point: InjectionPoint, audio: AudioTokens | None, grid: TokenGrid
+        self,
+        index: int,
+        point: InjectionPoint,
+        audio: AudioTokens | None,
+        grid: TokenGrid,
+        injector: AudioInjector | None,
     ) -> StreamHook | None:
-        injector = self.audio
         if audio is None:
             return None
         if injector is None:
@@ -369,7 +377,7 @@ class WanDiT(nn.Module):
 
         def hook(x: torch.Tensor) -> torch.Tensor:
             seg = x[:, start:stop].unflatten(1, (count, grid.per_frame))
-            res = injector.residual(index, seg, _expand(tokens, x.shape[0]))
+            res = injector.residual(index, seg, expand_batch(tokens, x.shape[0]))
             upd = seg + res.float()
             return torch.cat([x[:, :start], upd.flatten(1, 2), x[:, stop:]], dim=1)
 
@@ -385,20 +393,3 @@ class WanDiT(nn.Module):
         x = x.view(b, grid.frames, grid.height, grid.width, pt, ph, pw, self.config.out_dim)
         x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)
         return x.reshape(b, -1, grid.frames * pt, grid.height * ph, grid.width * pw)
-
-
-def frame_causal_mask(grid: TokenGrid, device: torch.device | None = None) -> torch.Tensor:
-    """Bool ``(tokens, tokens)``: token ``i`` may attend to token ``j`` iff frame(j) <= frame(i)."""
-    frame = torch.arange(grid.frames, device=device).repeat_interleave(grid.per_frame)
-    return frame[:, None] >= frame[None, :]
-
-
-def _expand(t: torch.Tensor, batch: int) -> torch.Tensor:
-    """Expand a batch-1 tensor to ``batch`` without copying."""
-    return t if t.shape[0] == batch else t.expand(batch, *t.shape[1:])
-
-
-def _expand_kv(kv: KeyValue, batch: int) -> KeyValue:
-    return (
-        kv if kv.k.shape[0] == batch else KeyValue(k=_expand(kv.k, batch), v=_expand(kv.v, batch))
-    )

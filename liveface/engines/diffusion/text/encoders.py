@@ -13,7 +13,7 @@ DiT zero-pads them to its ``text_len``, as the official pipeline does.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,8 @@ class UMT5TextEncoder:
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = max_length
+        #: Prompt clean-up before tokenizing (the official pipelines collapse whitespace).
+        self.clean: Callable[[str], str] = lambda text: " ".join(text.split())
 
     @classmethod
     def from_pretrained(
@@ -141,7 +143,7 @@ class UMT5TextEncoder:
         if self.tokenizer is None:
             raise ConfigError("this text encoder was loaded without a tokenizer; use encode_ids")
         batch = self.tokenizer(
-            [" ".join(p.split()) for p in prompts],  # the official pipeline collapses whitespace
+            [self.clean(p) for p in prompts],
             padding="max_length",
             truncation=True,
             max_length=self.max_length,
