@@ -28,8 +28,8 @@ import bench_sessions as bs  # the server launcher and the WebRTC peer
 from liveface.client import AsyncClient, Frame
 
 
-def proc_stats(pid: int) -> tuple[float, int, int]:
-    """RSS (MB), threads and fds of ``pid`` and its children."""
+def proc_stats(pid: int) -> tuple[float, int, int, list[float]]:
+    """RSS (MB), threads and fds of ``pid`` and its children, and each one's RSS (MB)."""
     pids = [pid]
     try:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
@@ -37,16 +37,18 @@ def proc_stats(pid: int) -> tuple[float, int, int]:
     except OSError:
         pass
     rss = threads = fds = 0
+    each: list[float] = []
     for p in pids:
         try:
             status = Path(f"/proc/{p}/status").read_text()
             fields = dict(x.split(":", 1) for x in status.splitlines() if ":" in x)
             rss += int(fields["VmRSS"].split()[0])
+            each.append(int(fields["VmRSS"].split()[0]) / 1024)
             threads += int(fields["Threads"])
             fds += len(os.listdir(f"/proc/{p}/fd"))
         except (OSError, KeyError):
             continue
-    return rss / 1024, threads, fds
+    return rss / 1024, threads, fds, each
 
 
 async def webrtc_cycle(url: str, seed: int) -> None:
@@ -100,15 +102,16 @@ async def main_async(args: argparse.Namespace) -> None:
             before = done
             done += len(wave)
             if done // args.every > before // args.every:
-                rss, threads, fds = proc_stats(proc.pid)
+                rss, threads, fds, each = proc_stats(proc.pid)
                 rss_marks.append(rss)
                 print(f"{done:5d} cycles ({time.monotonic() - t0:5.0f} s): RSS {rss:6.0f} MB, "
-                      f"{threads:3d} threads, {fds:4d} fds, {failures} failed",
+                      f"{threads:3d} threads, {fds:4d} fds, {failures} failed "
+                      f"(per process {' + '.join(f'{x:.0f}' for x in each)})",
                       flush=True)  # fmt: skip
         await asyncio.sleep(args.settle)
         end = proc_stats(proc.pid)
         print(f"after {args.settle:.0f} s idle: RSS {end[0]:.0f} MB, {end[1]} threads, "
-              f"{end[2]} fds")  # fmt: skip
+              f"{end[2]} fds (per process {' + '.join(f'{x:.0f}' for x in end[3])})")  # fmt: skip
         half = rss_marks[len(rss_marks) // 2 :]
         if len(half) >= 2:
             slope = (half[-1] - half[0]) / max(1, (len(half) - 1) * args.every) * 100

@@ -85,7 +85,10 @@ class StreamPipeline:
         self.spec = spec
         self.config = config
         rate = spec.sample_rate
-        pending = int(config.max_pending_s * rate)
+        # Live audio cannot run ahead of the wall clock, so it never queues more than the delays
+        # allow; pushed audio may queue up to max_pending_s (a TTS faster than real time).
+        live_queue_ms = config.delay_ms + config.lead_ms + config.max_jitter_ms + 1000
+        pending = int((live_queue_ms / 1000 if config.live else config.max_pending_s) * rate)
         context = int(config.history_s * rate) + spec.left_context + spec.lookahead
         self.ring = AudioRing(pending + context)
         self.vad = VoiceActivity(rate, config.vad_aggressiveness)

@@ -35,6 +35,7 @@ import numpy as np
 
 from liveface.engines.base import AudioChunk, Engine, EngineSpec, EngineState, VideoChunk
 from liveface.errors import EngineError
+from liveface.runtime.memory import trim_heap
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +316,7 @@ def _child_main(conn: Connection, factory: EngineFactory, prefix: str) -> None:
                     state = states.pop(args[0], None)
                     if state is not None:
                         engine.close(state)
+                    trim_heap()
                     value = None
                 elif op == "describe":
                     value = engine.describe(states[args[0]])

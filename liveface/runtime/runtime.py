@@ -26,6 +26,7 @@ from liveface.pipeline.stream import StreamConfig
 from liveface.runtime.config import ServerConfig
 from liveface.runtime.degrade import DegradeConfig
 from liveface.runtime.events import CloseReason, SessionClosed, SessionEvent
+from liveface.runtime.memory import trim_heap
 from liveface.runtime.metrics import Metrics
 from liveface.runtime.registry import SessionRegistry
 from liveface.runtime.session import Session, SessionOptions
@@ -170,3 +171,4 @@ class Runtime:
             await session.aclose(reason)
         finally:
             self.registry.discard(session)
+            trim_heap()

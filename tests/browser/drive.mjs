@@ -4,8 +4,10 @@
 //
 // Opens PAGES tabs on URL with a fake microphone playing WAV, presses Start in each, and for SECONDS
 // records in every page: the microphone level (local analyser), each received video frame's
-// presentation time and the mean brightness of the avatar's mouth box, and the audio/video
-// estimatedPlayoutTimestamp from getStats. Prints one JSON object on stdout.
+// presentation and expected display time and the mean brightness of the avatar's mouth box, the
+// level of the received (played) audio per 128-sample render quantum with the time it leaves the
+// audio output, and the audio/video estimatedPlayoutTimestamp from getStats. Prints one JSON
+// object on stdout.
 import { chromium } from "playwright-core";
 
 const [url, wav, pagesArg, secondsArg] = process.argv.slice(2);
@@ -30,7 +32,35 @@ const browser = await chromium.launch({
 
 // Injected into every page before its scripts run: the measurement side of the test.
 function instrument() {
-  const rec = (window.__rec = { mic: [], frames: [], sync: [], errors: [] });
+  const rec = (window.__rec = { mic: [], frames: [], sync: [], played: [], errors: [] });
+  // The played audio, tapped in the audio thread: RMS of every render quantum and the context
+  // time of its first sample; mapped to the page clock at the moment it leaves the output.
+  const tapSource = `
+    class Tap extends AudioWorkletProcessor {
+      process(inputs) {
+        const ch = inputs[0] && inputs[0][0];
+        if (ch) {
+          let s = 0;
+          for (let i = 0; i < ch.length; i++) s += ch[i] * ch[i];
+          this.port.postMessage([currentTime, Math.sqrt(s / ch.length)]);
+        }
+        return true;
+      }
+    }
+    registerProcessor("tap", Tap);`;
+  window.__tapPlayed = async (stream) => {
+    const ctx = new AudioContext();
+    await ctx.audioWorklet.addModule(URL.createObjectURL(new Blob([tapSource], { type: "text/javascript" })));
+    const node = new AudioWorkletNode(ctx, "tap");
+    ctx.createMediaStreamSource(stream).connect(node);
+    node.connect(ctx.destination);
+    node.port.onmessage = (e) => {
+      const ts = ctx.getOutputTimestamp();
+      if (!ts.performanceTime) return;
+      const [t, rms] = e.data;
+      rec.played.push([ts.performanceTime + (t - ts.contextTime) * 1000, rms]);
+    };
+  };
   window.__startMeasure = (box) => {
     const lf = window.liveface;
     const ctx = new AudioContext();
@@ -60,11 +90,15 @@ function instrument() {
         const px = g.getImageData(x0, y0, bw, bh).data;
         let sum = 0;
         for (let i = 0; i < px.length; i += 4) sum += px[i] + px[i + 1] + px[i + 2];
-        rec.frames.push([meta.presentationTime, sum / (px.length / 4) / 3, meta.rtpTimestamp || 0]);
+        rec.frames.push([meta.presentationTime, sum / (px.length / 4) / 3, meta.rtpTimestamp || 0,
+                         meta.expectedDisplayTime]);
       }
       video.requestVideoFrameCallback(onFrame);
     };
     video.requestVideoFrameCallback(onFrame);
+    if (video.srcObject && video.srcObject.getAudioTracks().length) {
+      window.__tapPlayed(new MediaStream(video.srcObject.getAudioTracks())).catch((e) => rec.errors.push(String(e)));
+    }
     setInterval(async () => {
       if (!lf.pc) return;
       const report = await lf.pc.getStats();

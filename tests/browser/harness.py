@@ -140,9 +140,45 @@ def analyse(page: dict) -> PageMeasure:
         elif speaking and t - last_loud > QUIET_S * 1000:
             offsets.append(last_loud)
             speaking = False
-    frames = np.array(rec["frames"], dtype=float).reshape(-1, 3)[:, :2]
+    frames = np.array(rec["frames"], dtype=float).reshape(-1, 4)[:, :2]
     # Rest: the mouth in the silence before the first onset (the avatar idles from the start).
     before = frames[frames[:, 0] < (onsets[0] if onsets else np.inf), 1]
     rest = float(np.median(before)) if before.size else float(np.median(frames[:, 1]))
     sync = np.array([v for _, v in rec["sync"]], dtype=float)
     return PageMeasure(onsets, offsets, frames, sync, rest)
+
+
+def played_offset_ms(page: dict, max_lag_ms: float = 250.0, frame_ms: float = 40.0) -> float:
+    """How far the video plays ahead of the audio it animates (ms, negative: behind), measured
+    from what the page played: the mouth brightness of each frame from its expected display time,
+    against the level of the played audio from the time it left the audio output.
+
+    Meant for engines whose mouth brightness follows each frame's own audio level (the pattern
+    test engine: brightness = 40 + 2000 RMS); the lag of best correlation between the two
+    envelopes is the offset."""
+    rec = page["rec"]
+    frames = np.array(rec["frames"], dtype=float).reshape(-1, 4)
+    played = np.array(rec["played"], dtype=float).reshape(-1, 2)
+    if frames.shape[0] < 50 or played.shape[0] < 500:
+        raise ValueError("too little was played to measure the offset")
+    shown, level = frames[:, 3], frames[:, 1]
+    step = 2.0
+    grid = np.arange(max(shown[0], played[0, 0]) + max_lag_ms,
+                     min(shown[-1], played[-1, 0]) - max_lag_ms, step)  # fmt: skip
+    # The video: each frame's level from its display time until the next frame.
+    video = level[np.clip(np.searchsorted(shown, grid, side="right") - 1, 0, None)]
+    # The audio: mean power over a frame's length, centred, like the frame's own level.
+    order = np.argsort(played[:, 0])
+    power = np.interp(grid, played[order, 0], played[order, 1] ** 2)
+    k = max(1, int(round(frame_ms / step)))
+    audio = np.sqrt(np.convolve(power, np.ones(k) / k, mode="same"))
+    video = (video - video.mean()) / (video.std() + 1e-9)
+    best, best_corr = 0.0, -np.inf
+    for lag in np.arange(-max_lag_ms, max_lag_ms + step, step):
+        # Video behind by ``lag``: video(t) matches audio(t - lag).
+        shifted = np.interp(grid - lag, grid, audio)
+        a = (shifted - shifted.mean()) / (shifted.std() + 1e-9)
+        corr = float(np.mean(a * video))
+        if corr > best_corr:
+            best, best_corr = float(lag), corr
+    return -best
