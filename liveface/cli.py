@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -24,7 +25,7 @@ from liveface.engines.base import Engine
 from liveface.errors import ConfigError
 from liveface.pipeline.image import load_image
 from liveface.runtime.config import ServerConfig
-from liveface.runtime.factory import create_engine, create_engines
+from liveface.runtime.factory import create_engines
 
 log = logging.getLogger("liveface")
 
@@ -42,7 +43,10 @@ def run_render(config: ServerConfig, audio: str, out: str) -> int:
     from liveface.runtime.render import render
 
     _setup_logging(config)
-    engine = create_engine(config)
+    # The CPU engine renders in a child process, so that it and the encoder (here) use a core
+    # each; the diffusion engine stays here with its GPU.
+    processes = 1 if config.processes() > 0 else 0
+    (engine,) = create_engines(dataclasses.replace(config, engine_processes=processes))
     portrait = load_image(config.portrait) if config.portrait else None
     bar = tqdm(total=0, unit="frame", desc="render", file=sys.stderr)
 

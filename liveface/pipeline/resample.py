@@ -21,6 +21,16 @@ from liveface.errors import AudioFormatError
 MIN_RATE, MAX_RATE = 8000, 192000
 
 
+def kaiser_lowpass(taps: int, cutoff: float, beta: float) -> np.ndarray:
+    """A windowed-sinc low-pass FIR ``(taps,)`` with unit gain at DC: ``cutoff`` is a fraction of
+    the Nyquist frequency, the window a Kaiser window of shape ``beta`` (the classic design, e.g.
+    ``scipy.signal.firwin(taps, cutoff, window=("kaiser", beta))``, without importing scipy's
+    signal package, which takes seconds to load)."""
+    n = np.arange(taps) - (taps - 1) / 2.0
+    h = cutoff * np.sinc(cutoff * n) * np.kaiser(taps, beta)
+    return h / h.sum()
+
+
 class StreamingResampler:
     """Mono float32 rate conversion, block by block, with the same output for any block split.
 
@@ -47,11 +57,9 @@ class StreamingResampler:
         self._total_in = 0
 
     def _design(self) -> np.ndarray:
-        from scipy.signal import firwin
-
         up, down, t = self.up, self.down, self.taps
         cutoff = 0.95 / max(up, down)  # of Nyquist at the up-sampled rate; a little guard band
-        h = firwin(up * t, cutoff, window=("kaiser", 7.0)) * up
+        h = kaiser_lowpass(up * t, cutoff, beta=7.0) * up
         bank = np.zeros((up, t), np.float32)
         for p in range(up):
             branch = h[p::up]

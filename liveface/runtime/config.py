@@ -87,6 +87,8 @@ class ServerConfig:
         engine_processes: engine child processes, each with its own GIL (0: the engine runs in
             the server's process; None: one per CPU core for the CPU engine, 0 for the
             diffusion engine, which owns a GPU).
+        video_delay_ms: the WebRTC video is sent (and stamped) this much after the audio it goes
+            with, to offset what browsers add on the way out (see README, A/V sync).
         ice_servers: STUN/TURN servers for the server's peer connections and the page's; none by
             default, so a loopback or LAN server makes no outbound request (see README, NAT).
         ice_timeout_s: an answered offer whose peer does not connect within this long is closed
@@ -118,6 +120,7 @@ class ServerConfig:
     degrade_high: float = 0.9
     degrade_low: float = 0.55
     engine_processes: int | None = None
+    video_delay_ms: int = 0
     ice_servers: tuple[IceServer, ...] = ()
     ice_timeout_s: float = 4.0
     auth_token: str | None = None
@@ -149,6 +152,8 @@ class ServerConfig:
             problems.append(f"audio_jitter_packets must be 0..16 (got {self.audio_jitter_packets})")
         if self.engine_processes is not None and not 0 <= self.engine_processes <= 64:
             problems.append(f"engine_processes must be 0..64 (got {self.engine_processes})")
+        if not -200 <= self.video_delay_ms <= 500:
+            problems.append(f"video_delay_ms must be -200..500 (got {self.video_delay_ms})")
         if not 0.5 <= self.ice_timeout_s <= 60:
             problems.append(f"ice_timeout_s must be 0.5..60 (got {self.ice_timeout_s})")
         if self.auth_token is not None and len(self.auth_token) < 16:

@@ -45,14 +45,22 @@ class SendLatency:
 
 
 class AvatarVideoTrack(MediaStreamTrack):
-    """Encodes what the session's :class:`VideoPacer` yields: its frames at their due times."""
+    """Encodes what the session's :class:`VideoPacer` yields: its frames at their due times.
+
+    Args:
+        session: the session whose frames go out.
+        video_delay_ms: send the video this much later than the audio it goes with, and stamp it
+            so (both RTP clocks then still describe one timeline, shifted by this much): browsers
+            present video ahead of the audio they play (see ``ServerConfig.video_delay_ms``).
+    """
 
     kind = "video"
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, video_delay_ms: int = 0) -> None:
         super().__init__()
         self._pacer = session.video_pacer()
         self._rate = session.spec.sample_rate
+        self._shift = video_delay_ms * self._rate // 1000  # in media-clock samples
         self._time_base = fractions.Fraction(1, VIDEO_CLOCK)
         self.send_latency = SendLatency()
 
@@ -64,11 +72,12 @@ class AvatarVideoTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         self.send_latency.on_call()
-        item = await self._pacer.next_frame(lead=self.send_latency.estimate)
+        lead = self.send_latency.estimate - self._shift / self._rate
+        item = await self._pacer.next_frame(lead=lead)
         if item is None:
             raise MediaStreamError
         vf = VideoFrame.from_ndarray(item.frame, format="rgb24")
-        vf.pts = item.start * VIDEO_CLOCK // self._rate
+        vf.pts = (item.start + self._shift) * VIDEO_CLOCK // self._rate
         vf.time_base = self._time_base
         self.send_latency.on_return()
         return vf

@@ -97,7 +97,7 @@ class PeerSession:
         self._tasks = TaskSet()
         self._closing = False
         self.last_audio = time.monotonic()
-        self.video = AvatarVideoTrack(session)
+        self.video = AvatarVideoTrack(session, config.video_delay_ms)
         self.audio = AvatarAudioTrack(session)
 
     async def answer(self, sdp: str, kind: str) -> RTCSessionDescription:

@@ -170,7 +170,7 @@ def played_offset_ms(page: dict, max_lag_ms: float = 250.0, frame_ms: float = 40
     # The audio: mean power over a frame's length, centred, like the frame's own level.
     order = np.argsort(played[:, 0])
     power = np.interp(grid, played[order, 0], played[order, 1] ** 2)
-    k = max(1, int(round(frame_ms / step)))
+    k = max(1, round(frame_ms / step))
     audio = np.sqrt(np.convolve(power, np.ones(k) / k, mode="same"))
     video = (video - video.mean()) / (video.std() + 1e-9)
     best, best_corr = 0.0, -np.inf

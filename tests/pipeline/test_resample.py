@@ -49,3 +49,15 @@ def test_live_packets_come_out_at_once():
 def test_bad_rates_are_refused():
     with pytest.raises(AudioFormatError, match="out of range"):
         StreamingResampler(1000, 16000)
+
+
+def test_the_filter_is_scipys_firwin():
+    from scipy.signal import firwin
+
+    from liveface.pipeline.resample import kaiser_lowpass
+
+    for taps, cutoff in ((48, 0.3), (16 * 3, 0.95 / 3), (161, 0.1)):
+        np.testing.assert_allclose(
+            kaiser_lowpass(taps, cutoff, 7.0), firwin(taps, cutoff, window=("kaiser", 7.0)),
+            atol=1e-12,
+        )  # fmt: skip

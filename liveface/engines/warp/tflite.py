@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from liveface.engines.warp import model_cache
+
 #: A custom operator: ``(inputs, options) -> output``; options are the op's flexbuffer map.
 CustomOp = Callable[[list[np.ndarray], dict[str, Any]], np.ndarray]
 
@@ -119,6 +121,29 @@ class TfliteGraph:
     def __init__(
         self, content: bytes, custom_ops: Mapping[str, CustomOp] | None = None, threads: int = 1
     ) -> None:
+        ops = custom_ops or {}
+        plan = model_cache.load(content)
+        if plan is None:
+            plan = self._plan(content, ops)
+            model_cache.store(content, plan["meta"], plan["blobs"], plan["consts"])
+        meta = plan["meta"]
+        self._inputs: list[int] = meta["inputs"]
+        self._outputs: list[int] = meta["outputs"]
+        self._consts: dict[int, np.ndarray] = plan["consts"]
+        self._steps: list[tuple[str, Any]] = []
+        for step in meta["steps"]:
+            if step["kind"] == "custom":
+                fn = ops.get(step["name"])
+                if fn is None:
+                    raise ValueError(f"the model needs custom operator {step['name']!r}")
+                self._steps.append(("custom", (fn, step["opts"], step["inputs"], step["output"])))
+            else:
+                interp = _interpreter(plan["blobs"][step["blob"]], threads)
+                self._steps.append(("litert", (interp, step["inputs"], step["outputs"])))
+
+    def _plan(self, content: bytes, ops: Mapping[str, CustomOp]) -> dict[str, Any]:
+        """Cut the model (see the module docstring) into plain data: step descriptions, the
+        sub-models' bytes and the custom operators' constant inputs."""
         from ai_edge_litert import schema_py_generated as schema
         from flatbuffers import flexbuffers
 
@@ -127,7 +152,6 @@ class TfliteGraph:
         if len(model.subgraphs) != 1:
             raise ValueError(f"expected one subgraph, the model has {len(model.subgraphs)}")
         sg = model.subgraphs[0]
-        ops = custom_ops or {}
         names = [oc.customCode.decode() if oc.customCode else None for oc in model.operatorCodes]
         self._inputs = [int(i) for i in sg.inputs]
         self._outputs = [int(i) for i in sg.outputs]
@@ -153,29 +177,34 @@ class TfliteGraph:
                 level[int(o)] = lv
             plan.append((lv, name is not None, op))
         has_custom = any(is_custom for _lv, is_custom, _op in plan)
-        self._steps: list[tuple[str, Any]] = []
+        steps: list[dict[str, Any]] = []
+        blobs: list[bytes] = []
         for lv in range(max((p[0] for p in plan), default=0) + 1):
             for p_lv, is_custom, op in plan:
                 if is_custom and p_lv == lv:
                     raw = op.customOptions
                     opts = flexbuffers.Loads(bytes(raw)) if raw is not None and len(raw) else {}
-                    fn = ops[names[op.opcodeIndex]]
-                    self._steps.append(("custom", (fn, opts, list(op.inputs), int(op.outputs[0]))))
+                    steps.append({"kind": "custom", "name": names[op.opcodeIndex], "opts": opts,
+                                  "inputs": [int(i) for i in op.inputs],
+                                  "output": int(op.outputs[0])})  # fmt: skip
             segment = [op for p_lv, is_custom, op in plan if p_lv == lv and not is_custom]
             if segment:
                 if not has_custom:  # run the model as it is
                     seg_in, seg_out, sub = self._inputs, self._outputs, content
                 else:
                     seg_in, seg_out, sub = self._cut(model, segment, plan)
-                interp = _interpreter(sub, threads)
-                self._steps.append(("litert", (interp, seg_in, seg_out)))
-        self._consts = {
-            i: _const(model, sg.tensors[i])
-            for _lv, is_custom, op in plan
-            if is_custom
-            for i in op.inputs
-            if i >= 0 and _const(model, sg.tensors[i]) is not None
-        }
+                steps.append({"kind": "litert", "blob": len(blobs), "inputs": seg_in,
+                              "outputs": seg_out})  # fmt: skip
+                blobs.append(sub)
+        consts: dict[int, np.ndarray] = {}
+        for _lv, is_custom, op in plan:
+            if is_custom:
+                for i in op.inputs:
+                    value = _const(model, sg.tensors[i]) if i >= 0 else None
+                    if value is not None:
+                        consts[int(i)] = value
+        meta = {"inputs": self._inputs, "outputs": self._outputs, "steps": steps}
+        return {"meta": meta, "blobs": blobs, "consts": consts}
 
     def run(self, *inputs: np.ndarray) -> list[np.ndarray]:
         if len(inputs) != len(self._inputs):

@@ -121,3 +121,17 @@ def test_loading_the_models_prints_nothing():
     assert out.returncode == 0, out.stderr
     assert out.stderr == ""
     assert out.stdout == ""
+
+
+def test_a_prepared_graph_is_cached_on_disk_and_runs_the_same(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIVEFACE_CACHE", str(tmp_path))
+    content = (F.MODELS / "face_landmark_with_attention.tflite").read_bytes()
+    cold = tflite.TfliteGraph(content, tflite.MEDIAPIPE_OPS)
+    assert len(list(tmp_path.glob("graph-*.npz"))) == 1
+    warm = tflite.TfliteGraph(content, tflite.MEDIAPIPE_OPS)  # from the cache, no re-cutting
+    x = np.random.default_rng(0).random((1, 192, 192, 3), dtype=np.float32)
+    for a, b in zip(cold.run(x), warm.run(x), strict=True):
+        np.testing.assert_array_equal(a, b)
+    (tmp_path / next(tmp_path.iterdir()).name).write_bytes(b"not a cache")  # damaged: rebuilt
+    again = tflite.TfliteGraph(content, tflite.MEDIAPIPE_OPS)
+    np.testing.assert_array_equal(again.run(x)[0], cold.run(x)[0])

@@ -1,0 +1,67 @@
+"""Offline render, end to end: an audio file in, an mp4 out; how many times faster than real time.
+
+The same call ``liveface render`` makes (decode, VAD, chunker, engine, pacer, H.264 + AAC encode
+and mux), on an espeak-ng speech file of ``--seconds`` (sentences and pauses), at ``--size``.
+
+    python bench/bench_render.py --seconds 60 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from liveface.runtime.config import ServerConfig
+from liveface.runtime.factory import create_engines
+from liveface.runtime.render import render
+
+
+def speech_file(path: Path, seconds: float) -> Path:
+    """espeak-ng sentences with pauses, cut to ``seconds``."""
+    text = " ".join(
+        f"This is sentence number {i}, spoken to the avatar. Then a pause." for i in range(60)
+    )
+    raw = path.with_suffix(".raw.wav")
+    subprocess.run(["espeak-ng", "-w", str(raw), text], check=True)
+    subprocess.run(
+        ["sox", str(raw), "-r", "22050", str(path), "trim", "0", str(seconds)], check=True
+    )
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--processes", type=int, default=1, help="engine processes (0: in-process)")
+    args = ap.parse_args()
+    # As ``liveface render`` does: the CPU engine in a child process, the encoder here.
+    config = ServerConfig(width=args.size, height=args.size, engine_processes=args.processes)
+    with tempfile.TemporaryDirectory() as tmp:
+        audio = speech_file(Path(tmp) / "speech.wav", args.seconds)
+        (engine,) = create_engines(config)
+        ratios = []
+        for run in range(args.runs):
+            out = Path(tmp) / f"out{run}.mp4"
+            t0 = time.perf_counter()
+            frames = render(engine, audio, out)
+            dt = time.perf_counter() - t0
+            ratios.append(args.seconds / dt)
+            size = out.stat().st_size / 1e6
+            print(f"run {run}: {frames} frames in {dt:.1f} s = {ratios[-1]:.1f}x real time "
+                  f"({frames / dt:.0f} fps), {size:.1f} MB", flush=True)  # fmt: skip
+        engine.shutdown()
+    print(f"offline render {args.size}x{args.size}, {args.seconds:.0f} s of speech: median "
+          f"{statistics.median(ratios):.1f}x real time")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
