@@ -95,7 +95,7 @@ class ProcessEngine(Engine):
         self._arena_seen = -1
         proc = ctx.Process(
             target=_child_main,
-            args=(child, self._factory, self._prefix),
+            args=(child, self._factory, self._prefix, _logging_setup()),
             name=self.label,
             daemon=True,
         )
@@ -276,8 +276,20 @@ class _Arena:
             self.shm = None
 
 
-def _child_main(conn: Connection, factory: EngineFactory, prefix: str) -> None:
+def _logging_setup() -> tuple[int, str | None]:
+    """The server's log level and format, for the child to log alike."""
+    root = logging.getLogger()
+    formatter = root.handlers[0].formatter if root.handlers else None
+    return root.level, None if formatter is None else formatter._fmt
+
+
+def _child_main(
+    conn: Connection, factory: EngineFactory, prefix: str, logs: tuple[int, str | None]
+) -> None:
     """The child's loop: build the engine, then serve requests until told to stop."""
+    level, fmt = logs
+    if fmt is not None:
+        logging.basicConfig(level=level, format=fmt)
     try:
         engine = factory()
         conn.send((True, (engine.spec, engine.quality_levels(), engine.name)))
