@@ -173,7 +173,8 @@ def server(args: argparse.Namespace, port: int):  # type: ignore[no-untyped-def]
     if args.server_cpus:
         cmd = ["taskset", "-c", args.server_cpus, *cmd]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+    log = open(args.server_log, "w") if getattr(args, "server_log", None) else subprocess.DEVNULL  # noqa: SIM115
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=log)
     try:
         yield proc
     finally:

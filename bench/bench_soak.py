@@ -127,6 +127,7 @@ def main() -> None:
     ap.add_argument("--engine-processes", type=int, default=1)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--settle", type=float, default=10.0)
+    ap.add_argument("--server-log", help="write the server's stderr here")
     args = ap.parse_args()
     bs.install_counting_decoder()
     asyncio.run(main_async(args))

@@ -32,7 +32,9 @@ const browser = await chromium.launch({
 
 // Injected into every page before its scripts run: the measurement side of the test.
 function instrument() {
-  const rec = (window.__rec = { mic: [], frames: [], sync: [], played: [], errors: [] });
+  const rec = (window.__rec = {
+    mic: [], frames: [], sync: [], played: [], outputLatency: [], errors: [],
+  });
   // The played audio, tapped in the audio thread: RMS of every render quantum and the context
   // time of its first sample; mapped to the page clock at the moment it leaves the output.
   const tapSource = `
@@ -54,6 +56,7 @@ function instrument() {
     const node = new AudioWorkletNode(ctx, "tap");
     ctx.createMediaStreamSource(stream).connect(node);
     node.connect(ctx.destination);
+    setInterval(() => rec.outputLatency.push([ctx.baseLatency, ctx.outputLatency]), 1000);
     node.port.onmessage = (e) => {
       const ts = ctx.getOutputTimestamp();
       if (!ts.performanceTime) return;
