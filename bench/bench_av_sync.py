@@ -27,15 +27,14 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from liveface.runtime.config import ServerConfig
 from liveface.runtime.runtime import Runtime
-from liveface.signaling.http import build_app
 from tests.browser.harness import analyse, drive, make_speech_wav, played_offset_ms
 from tests.doubles import PatternEngine
+from tests.serving import serve
 
 
 def window(page: dict, start: float, stop: float) -> dict:
@@ -54,18 +53,10 @@ async def main_async(args: argparse.Namespace) -> None:
     engine = PatternEngine(size=256, chunk_frames=1, first_chunk_frames=1)
     config = ServerConfig(width=256, height=256, video_delay_ms=args.video_delay_ms)
     runtime = Runtime(config, engine)
-    runner = web.AppRunner(build_app(runtime, own_runtime=True))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    seconds = args.minutes * 60
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            wav = make_speech_wav(Path(tmp) / "mic.wav", sentences=6)
-            data = await drive(f"http://127.0.0.1:{port}/", wav, 1, seconds)
-    finally:
-        await runner.cleanup()
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = make_speech_wav(Path(tmp) / "mic.wav", sentences=6)
+        async with serve(runtime) as url:
+            data = await drive(f"{url}/", wav, 1, args.minutes * 60)
     (page,) = data["results"]
     frames = np.array(page["rec"]["frames"], dtype=float).reshape(-1, 4)
     t0, t1 = frames[0, 3] + 10_000, frames[-1, 3]  # Chrome's lip sync settles in the first 10 s

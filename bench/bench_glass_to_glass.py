@@ -17,29 +17,21 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from liveface.runtime.config import ServerConfig
 from liveface.runtime.factory import create_engine
 from liveface.runtime.runtime import Runtime
-from liveface.signaling.http import build_app
 from tests.browser.harness import analyse, drive, make_speech_wav
+from tests.serving import serve
 
 
 async def one_run(config: ServerConfig, wav: Path, seconds: float, delta: float) -> dict:
     engine = create_engine(config)
     runtime = Runtime(config, engine)
-    runner = web.AppRunner(build_app(runtime, own_runtime=True))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
-        data = await drive(f"http://127.0.0.1:{port}/", wav, 1, seconds)
-    finally:
-        await runner.cleanup()
+    async with serve(runtime) as url:
+        data = await drive(f"{url}/", wav, 1, seconds)
     page = data["results"][0]
     m = analyse(page)
     first = (page["firstFrameAt"] - page["clicked"]) if page["firstFrameAt"] else float("nan")

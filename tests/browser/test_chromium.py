@@ -8,11 +8,9 @@ import shutil
 
 import numpy as np
 import pytest
-from aiohttp import web
 
 from liveface.runtime.config import ServerConfig
 from liveface.runtime.runtime import Runtime
-from liveface.signaling.http import build_app
 from tests.browser.harness import (
     analyse,
     browser_available,
@@ -20,6 +18,7 @@ from tests.browser.harness import (
     make_speech_wav,
     played_offset_ms,
 )
+from tests.serving import serve
 
 pytestmark = [
     pytest.mark.browser,
@@ -47,13 +46,8 @@ def make_engine():
 async def served():
     engine, delta = make_engine()
     runtime = Runtime(ServerConfig(max_sessions=MAX_SESSIONS, width=256, height=256), engine)
-    runner = web.AppRunner(build_app(runtime, own_runtime=True))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}/", runtime, delta
-    await runner.cleanup()
+    async with serve(runtime) as url:
+        yield f"{url}/", runtime, delta
 
 
 @pytest.mark.slow
@@ -108,16 +102,9 @@ async def test_av_offset_by_two_methods(tmp_path):
 
     engine = PatternEngine(size=256, chunk_frames=1, first_chunk_frames=1)
     runtime = Runtime(ServerConfig(width=256, height=256), engine)
-    runner = web.AppRunner(build_app(runtime, own_runtime=True))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
-        wav = make_speech_wav(tmp_path / "mic.wav", sentences=3)
-        data = await drive(f"http://127.0.0.1:{port}/", wav, pages=1, seconds=16)
-    finally:
-        await runner.cleanup()
+    wav = make_speech_wav(tmp_path / "mic.wav", sentences=3)
+    async with serve(runtime) as url:
+        data = await drive(f"{url}/", wav, pages=1, seconds=16)
     (page,) = data["results"]
     assert page["answer"], page["error"]
     assert not page["rec"]["errors"]

@@ -10,15 +10,14 @@ import aiohttp
 import cv2
 import numpy as np
 import pytest
-from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from liveface.runtime.config import IceServer, ServerConfig
 from liveface.runtime.runtime import Runtime
-from liveface.signaling.http import build_app
 from tests.doubles import PatternEngine
+from tests.serving import serve
 from tests.signaling.peer import Client
 from tests.signaling.test_loopback import tone_then_silence
 from tests.waiting import wait_until
@@ -46,14 +45,8 @@ async def server(request):
     options = getattr(request, "param", {})
     engine = PatternEngine(size=128, chunk_frames=1, first_chunk_frames=1)
     runtime = Runtime(ServerConfig(max_sessions=2, **options), engine)
-    runner = web.AppRunner(build_app(runtime, own_runtime=True))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    async with aiohttp.ClientSession() as http:
-        yield f"http://127.0.0.1:{port}", runtime, http
-    await runner.cleanup()
+    async with serve(runtime) as url, aiohttp.ClientSession() as http:
+        yield url, runtime, http
 
 
 async def answer(http, method, url, **kw):

@@ -7,13 +7,12 @@ import asyncio
 import aiohttp
 import numpy as np
 import pytest
-from aiohttp import web
 
 from liveface.runtime.config import ServerConfig
 from liveface.runtime.metrics import SessionCounter
 from liveface.runtime.runtime import Runtime
-from liveface.signaling.http import build_app
 from tests.doubles import PatternEngine, decode_index, mouth_level
+from tests.serving import serve
 from tests.signaling.peer import MIC_RATE, Client
 from tests.waiting import wait_until
 
@@ -29,14 +28,8 @@ async def server():
     engine = PatternEngine(size=128, chunk_frames=1, first_chunk_frames=1, fail_on="boom")
     config = ServerConfig(max_sessions=2, delay_ms=80)
     runtime = Runtime(config, engine)
-    app = build_app(runtime, own_runtime=True)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}", runtime, engine
-    await runner.cleanup()
+    async with serve(runtime) as url:
+        yield url, runtime, engine
 
 
 async def test_client_gets_frames_in_order_and_mouth_follows_audio(server):
@@ -186,21 +179,16 @@ async def test_a_late_first_frame_and_engine_stalls_never_end_the_track():
     engine = PatternEngine(size=128, chunk_frames=1, first_chunk_frames=1, first_delay_s=0.6,
                            stall_every=40, stall_s=0.5)  # fmt: skip
     runtime = Runtime(ServerConfig(max_sessions=2, delay_ms=80), engine)
-    runner = web.AppRunner(build_app(runtime, own_runtime=True))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    client = Client(f"http://127.0.0.1:{port}", tone_then_silence(3.0, 3.0))
-    try:
-        assert (await client.connect())["status"] == 200
-        (session,) = runtime.registry.sessions()
-        await wait_until(lambda: client.video and decode_index(client.video[-1][2]) >= 125)
-        assert runtime.registry.sessions() == [session]  # the session lives on
-        assert not session.closing
-    finally:
-        await client.close()
-        await runner.cleanup()
+    async with serve(runtime) as url:
+        client = Client(url, tone_then_silence(3.0, 3.0))
+        try:
+            assert (await client.connect())["status"] == 200
+            (session,) = runtime.registry.sessions()
+            await wait_until(lambda: client.video and decode_index(client.video[-1][2]) >= 125)
+            assert runtime.registry.sessions() == [session]  # the session lives on
+            assert not session.closing
+        finally:
+            await client.close()
     pts = [p for _, p, _ in client.video]
     assert pts == sorted(pts)  # the media clock only moves forward
     counters = session.counters()

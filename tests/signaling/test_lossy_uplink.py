@@ -5,13 +5,12 @@ avatar keeps animating in real time."""
 from __future__ import annotations
 
 import numpy as np
-from aiohttp import web
 
 from liveface.runtime.config import ServerConfig
 from liveface.runtime.metrics import SessionCounter
 from liveface.runtime.runtime import Runtime
-from liveface.signaling.http import build_app
 from tests.doubles import PatternEngine, decode_index, mouth_level
+from tests.serving import serve
 from tests.signaling.lossy import LossyUplink
 from tests.signaling.peer import MIC_RATE, Client
 from tests.waiting import wait_until
@@ -27,24 +26,18 @@ def bursts(seconds: float) -> np.ndarray:
 async def test_a_lossy_jittery_uplink_is_concealed_counted_and_keeps_real_time():
     engine = PatternEngine(size=128, chunk_frames=1, first_chunk_frames=1)
     runtime = Runtime(ServerConfig(max_sessions=2, delay_ms=80), engine)
-    runner = web.AppRunner(build_app(runtime, own_runtime=True))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    seconds = 6.0
-    client = Client(f"http://127.0.0.1:{port}", bursts(seconds))
-    try:
-        assert (await client.connect())["status"] == 200
-        link = LossyUplink(loss=0.05, jitter_s=0.1, seed=7)
-        link.install(client.pc)
-        (session,) = runtime.registry.sessions()
-        await wait_until(lambda: client.video and decode_index(client.video[-1][2]) >= 25 * 5)
-        counters = session.counters()
-        stream = session.stream.stats
-    finally:
-        await client.close()
-        await runner.cleanup()
+    async with serve(runtime) as url:
+        client = Client(url, bursts(6.0))
+        try:
+            assert (await client.connect())["status"] == 200
+            link = LossyUplink(loss=0.05, jitter_s=0.1, seed=7)
+            link.install(client.pc)
+            (session,) = runtime.registry.sessions()
+            await wait_until(lambda: client.video and decode_index(client.video[-1][2]) >= 125)
+            counters = session.counters()
+            stream = session.stream.stats
+        finally:
+            await client.close()
     shown = counters[SessionCounter.FRAMES_OUT] + counters[SessionCounter.FRAMES_REPEATED]
     print(
         f"\nuplink: {link.dropped} lost, {link.reordered} reordered of {link.sent + link.dropped}; "

@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from aiohttp import web
 
 from liveface.runtime.config import ServerConfig
 from liveface.runtime.factory import create_engine
 from liveface.runtime.runtime import Runtime
-from liveface.signaling.http import build_app
 from tests.engines.diffusion.stream_helpers import SIZE, tiny_checkpoint
+from tests.serving import serve
 from tests.signaling.peer import MIC_RATE, Client
 from tests.waiting import wait_until
 
@@ -34,13 +33,8 @@ async def server():
         chunk_frames=8, max_sessions=1, delay_ms=2000,
     )  # fmt: skip
     runtime = Runtime(config, create_engine(config))
-    runner = web.AppRunner(build_app(runtime, own_runtime=True))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}", runtime
-    await runner.cleanup()
+    async with serve(runtime) as url:
+        yield url, runtime
 
 
 def voice(seconds: float) -> np.ndarray:
