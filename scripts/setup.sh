@@ -11,7 +11,7 @@ extras=""
 if [ "${1:-}" = "--dev" ]; then
   # torch first and pinned: an unpinned torch would pull several GB of CUDA packages.
   $PIP install -q "torch==2.13.0"
-  extras="[dev,diffusion,fast]"
+  extras="[dev,diffusion,fast,training]"
 fi
 $PIP install -q -e ".${extras}"
 # mediapipe 0.10.21 is the last release that bundles the face-mesh model. Its declared requirements

@@ -152,7 +152,9 @@ def build_models(
     if adapter is None:
         prep = dataset["prepare"]
         cfg = new_adapter_config(dit, base, config, prep["fps"], dataset["temporal_ratio"])
-        adapter = build_audio_adapter(dit, cfg).float()
+        with torch.random.fork_rng(devices=[]):  # the same new adapter in every process and run
+            torch.manual_seed(config.seed)
+            adapter = build_audio_adapter(dit, cfg).float()
         if config.adapter.init_from_text:
             init_from_text_attention(adapter, dit)
     adapter = adapter.float()

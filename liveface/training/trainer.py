@@ -73,8 +73,9 @@ def init_distributed(device: str | None = None) -> Dist:
 
 
 def _mean_over_ranks(x: torch.Tensor, d: Dist) -> float:
+    x = x.detach()
     if d.world > 1:
-        x = x.detach().clone()
+        x = x.clone()
         dist.all_reduce(x)
         x /= d.world
     return float(x)
