@@ -127,3 +127,77 @@ def test_bf16_keeps_the_base_frozen_in_bfloat16_and_trains_in_float32():
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in models.trainable().values())
+
+
+def test_command_line_errors_say_what_to_fix(tmp_path, capsys):
+    from liveface.training.cli import main
+    from tests.training import world
+
+    assert (
+        main(
+            [
+                "prepare",
+                str(tmp_path / "nowhere"),
+                "--base",
+                str(world.base()),
+                "--out",
+                str(tmp_path / "d"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
+    assert "neither a video file nor a folder" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "train",
+                "--base",
+                str(world.base()),
+                "--data",
+                str(tmp_path),
+                "--run-dir",
+                str(tmp_path / "r"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
+    assert (
+        "is not a prepared dataset (no dataset.json); run prepare first" in capsys.readouterr().err
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--base",
+                str(tmp_path),
+                "--data",
+                str(world.data()),
+                "--run-dir",
+                str(tmp_path / "r"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
+    assert "has no DiT (dit/)" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "export",
+                "--base",
+                str(world.base()),
+                "--run-dir",
+                str(tmp_path),
+                "--data",
+                str(world.data()),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
+    assert "no trained weights at" in capsys.readouterr().err
