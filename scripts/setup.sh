@@ -12,6 +12,6 @@ extras=""
 if [ "${1:-}" = "--dev" ]; then
   # torch first and pinned: an unpinned torch would pull several GB of CUDA packages.
   $PIP install -q "torch==2.13.0"
-  extras="[dev,diffusion,fast,pipecat]"
+  extras="[dev,diffusion,fast,pipecat,training]"
 fi
 $PIP install -q -e ".${extras}"
