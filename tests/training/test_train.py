@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from liveface.engines.diffusion.engine import DiffusionEngineConfig, create_diffusion_engine
+from liveface.engines.diffusion.factory import DiffusionEngineConfig, create_diffusion_engine
 from liveface.training.preview import render
 from tests.training import world
 
