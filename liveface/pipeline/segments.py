@@ -43,6 +43,11 @@ class SegmentTracker:
         self._segments: list[_Segment] = []
         self._next_id = 0
 
+    @property
+    def open(self) -> bool:
+        """A segment is being pushed (audio came, its end has not been marked yet)."""
+        return bool(self._segments) and self._segments[-1].end is None
+
     def on_push(self, start: int) -> None:
         """Audio was appended at sample ``start``: opens a segment if none is open."""
         if not self._segments or self._segments[-1].end is not None:

@@ -202,9 +202,14 @@ class StreamPipeline:
             # A live source stalled: keep the clock moving with silence so the avatar idles.
             behind = self.ring.end < wall - self._gap
             target = wall
+        elif self.segments.open:
+            # Speech is being pushed: more is on its way, so a pause is not inserted into it
+            # unless the audio falls so far behind that its frames would be late.
+            target = wall - self._delay // 2
+            behind = self.ring.end < target
         else:
-            # Pushed audio: keep silence queued slightly ahead so idle chunks are never late;
-            # speech pushed later lands right after it.
+            # Pushed audio, idle: keep silence queued slightly ahead so idle chunks are never
+            # late; speech pushed later lands right after it.
             target = wall + self._delay // 2
             behind = self.ring.end < target
         if behind:

@@ -97,3 +97,14 @@ def test_live_jitter_raises_the_playout_delay_at_once_and_it_decays_slowly():
         p.push(speech(block), now=t0 + k * 0.02)
     assert p.jitter_s == pytest.approx(0.07 - 0.02 * (1.06 - 0.13), abs=1e-6)
     assert p.stats.input_dropped_samples == 0
+
+
+def test_pushed_speech_is_not_cut_by_silence_while_its_segment_is_open():
+    p = StreamPipeline(SPEC, StreamConfig(delay_ms=80, live=False))
+    p.push(speech(320), now=10.0)  # a segment opens: 20 ms of speech
+    p.tick(10.0 + 0.03)  # the next block is 30 ms late: within half the delay, no pause put in
+    assert p.stats.silence_filled_samples == 0
+    p.push(speech(320), now=10.03)
+    assert p.end_segment() == 0
+    p.tick(10.3)  # the segment is closed: idle silence goes ahead again
+    assert p.stats.silence_filled_samples > 0
