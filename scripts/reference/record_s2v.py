@@ -38,7 +38,7 @@ MOTION_FRAMES = 73
 
 def _import_official(root: Path) -> None:
     """Make ``wan.*`` importable without running its package ``__init__`` files (which pull in
-    every pipeline), and stub the few imports only unused functions need."""
+    every pipeline), and stand in for the few imports only unused functions need."""
     for name in ("wan", "wan.modules", "wan.modules.s2v", "wan.distributed", "wan.utils"):
         mod = types.ModuleType(name)
         mod.__path__ = [str(root / name.replace(".", "/"))]
@@ -184,7 +184,7 @@ def record_14b_keys() -> None:
     print(f"  sha256(key:shape lines)={hashlib.sha256(lines.encode()).hexdigest()}")
 
 
-def _stub_torchvision_transforms() -> dict:
+def _stand_in_torchvision_transforms() -> dict:
     """torchvision's compiled ops do not load against this CPU torch; the pipeline only needs
     ``Resize``/``CenterCrop``/``ToTensor`` on an image already of the target size, where the
     first two are the identity. These stand-ins refuse any other case."""
@@ -193,7 +193,7 @@ def _stub_torchvision_transforms() -> dict:
     def resize(size):
         def run(img):
             if min(img.size) != size:
-                raise NotImplementedError("the stand-in Resize only passes images of that size")
+                raise ValueError("the stand-in Resize only passes images of that size")
             return img
 
         return run
@@ -201,7 +201,7 @@ def _stub_torchvision_transforms() -> dict:
     def center_crop(size):
         def run(img):
             if tuple(img.size[::-1]) != tuple(size):
-                raise NotImplementedError("the stand-in CenterCrop only passes that size")
+                raise ValueError("the stand-in CenterCrop only passes that size")
             return img
 
         return run
@@ -228,14 +228,14 @@ def _stub_torchvision_transforms() -> dict:
 def _import_speech2video():
     """``wan.speech2video`` with the stand-in transforms bound into it; they are removed from
     ``sys.modules`` again so that transformers does not take them for torchvision."""
-    stubs = _stub_torchvision_transforms()
+    stand_ins = _stand_in_torchvision_transforms()
     decord = types.ModuleType("decord")
     decord.VideoReader = None  # only pose videos use it
-    sys.modules.update(stubs, decord=decord)
+    sys.modules.update(stand_ins, decord=decord)
     try:
         import wan.speech2video as module
     finally:
-        for name in stubs:
+        for name in stand_ins:
             sys.modules.pop(name)
     return module
 
