@@ -201,6 +201,8 @@ class VideoPacer(_Pacer):
         super().__init__(stream, signal, timing)
         self.with_audio = with_audio
         self.scene = stream if with_voices and isinstance(stream, ScenePipeline) else None
+        if self.scene is not None:
+            self.scene.keep_voices = True
 
     def start_of(self, n: int) -> int:
         return self.stream.spec.frame_start(n)

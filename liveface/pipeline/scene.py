@@ -83,7 +83,10 @@ class ScenePipeline(StreamPipeline):
             + spec.left_context
             + spec.lookahead
         )
-        frames = self.output.max_frames
+        # Each character's own output audio is kept only for a consumer that asked for it (a
+        # pacer with voices); it is stored as chunks are cut, which offline is all at once.
+        self.keep_voices = False
+        frames = spec.frame_at(capacity) + 1
         self.lanes = [Lane(i, spec, config, capacity, frames) for i in range(characters)]
         # The scene's ring holds the mix; a chunk is voiced when any character speaks in it.
         self.chunker = Chunker(spec, self.ring, self._anyone_voiced)
@@ -166,7 +169,8 @@ class ScenePipeline(StreamPipeline):
         voices = []
         for lane in self.lanes:
             window = lane.ring.read(lo, hi)
-            lane.audio.put_audio_only(chunk.start, window[own].copy())
+            if self.keep_voices:
+                lane.audio.put_audio_only(chunk.start, window[own].copy())
             voices.append(Voice(window, lane.vad.voiced(chunk.start, chunk.end)))
         return tuple(voices)
 
