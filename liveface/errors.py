@@ -68,3 +68,16 @@ class UnauthorizedError(AvatarError):
     """The request lacks the server's access token."""
 
     code = "unauthorized"
+
+
+class UnknownCharacterError(BadInputError):
+    """A request named a character the session does not have."""
+
+    code = "unknown_character"
+
+
+class JoinRefusedError(AvatarError):
+    """A peer asked to join a scene with a token that is unknown or spent, or for a character
+    that is taken."""
+
+    code = "join_refused"

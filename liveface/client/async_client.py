@@ -33,6 +33,8 @@ from liveface.client.messages import CurveKeys, Event, Frame, ServerError
 from liveface.client.remote_session import RemoteSession
 from liveface.errors import SessionClosedError
 from liveface.protocol.messages import (
+    PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
     Limits,
     Message,
     MsgType,
@@ -52,7 +54,11 @@ _EVENT_KINDS = {
 }
 
 
-def _portrait_bytes(portrait: bytes | str | Path | np.ndarray) -> bytes:
+#: A portrait as the client takes it: image bytes, a file path, or RGB ``(h, w, 3)`` uint8.
+Portrait = bytes | str | Path | np.ndarray
+
+
+def _portrait_bytes(portrait: Portrait) -> bytes:
     """Encoded image bytes from bytes, a file path, or an RGB ``(h, w, 3)`` uint8 array."""
     if isinstance(portrait, bytes):
         return portrait
@@ -80,6 +86,7 @@ class AsyncClient:
         open_timeout_s: how long ``open`` waits (the server prepares the portrait first).
         queue_size: items (frames and events) held per session for the application.
         rcvhwm: ZeroMQ receive high-water mark (messages).
+        protocol_version: the protocol version to speak (2; 1 for a server that knows only 1).
     """
 
     def __init__(
@@ -92,7 +99,11 @@ class AsyncClient:
         open_timeout_s: float = 60.0,
         queue_size: int = 64,
         rcvhwm: int = 64,
+        protocol_version: int = PROTOCOL_VERSION,
     ) -> None:
+        if protocol_version not in SUPPORTED_VERSIONS:
+            raise ValueError(f"protocol_version must be one of {SUPPORTED_VERSIONS}")
+        self.protocol_version = protocol_version
         self.address = address
         self.curve = curve
         self.ping_interval_s = ping_interval_s
@@ -167,7 +178,9 @@ class AsyncClient:
         """Send one message without waiting for a reply."""
         if self._sock is None:
             raise RuntimeError("the client is not connected; call connect() first")
-        await self._sock.send_multipart(encode(msg_type, header, *payloads))
+        await self._sock.send_multipart(
+            encode(msg_type, header, *payloads, version=self.protocol_version)
+        )
 
     async def request(self, msg_type: MsgType, header: dict[str, Any], *payloads: Any) -> Message:
         """Send a request and wait for its reply.
@@ -194,21 +207,42 @@ class AsyncClient:
 
     async def open(
         self,
-        portrait: bytes | str | Path | np.ndarray | None = None,
+        portrait: Portrait | list[Portrait] | None = None,
         prompt: str | None = None,
         options: dict[str, Any] | None = None,
         format: str = "rgb",
         jpeg_quality: int | None = None,
+        *,
+        characters: int | None = None,
+        boxes: list[list[float]] | None = None,
+        character_audio: bool = False,
     ) -> RemoteSession:
-        """Open a session. ``portrait``: image bytes, a path, or RGB ``(h, w, 3)`` uint8."""
+        """Open a session. ``portrait``: image bytes, a path, or RGB ``(h, w, 3)`` uint8; a list
+        of them: composed side by side into one scene, one character each.
+
+        Scenes (protocol version 2): ``characters`` finds that many faces in the portrait
+        (numbered left to right); ``boxes`` (``[x0, y0, x1, y1]`` fractions) places one
+        character per box; ``character_audio`` adds each character's own audio to every frame
+        (:attr:`Frame.voices`).
+        """
+        portraits = portrait if isinstance(portrait, list) else [portrait]
+        scene = characters is not None or boxes is not None or character_audio
+        if (scene or len(portraits) > 1) and self.protocol_version < 2:
+            raise ValueError("several characters need protocol version 2")
         header: dict[str, Any] = {"format": format}
+        if characters is not None:
+            header["characters"] = characters
+        if boxes is not None:
+            header["boxes"] = boxes
+        if character_audio:
+            header["character_audio"] = True
         if prompt is not None:
             header["prompt"] = prompt
         if options:
             header["options"] = options
         if jpeg_quality is not None:
             header["jpeg_quality"] = jpeg_quality
-        payloads = [] if portrait is None else [_portrait_bytes(portrait)]
+        payloads = [_portrait_bytes(p) for p in portraits if p is not None]
         reply = await self.request(MsgType.OPEN, header, *payloads)
         assert reply.req is not None
         return self._opened.pop(reply.req)
@@ -260,6 +294,7 @@ class AsyncClient:
             return
         if msg.type is MsgType.FRAME:
             audio = np.frombuffer(msg.payloads[1].buffer, "<f4")
+            voices = tuple(np.frombuffer(p.buffer, "<f4") for p in msg.payloads[2:])
             session._deliver(
                 Frame(
                     session=session.id,
@@ -274,6 +309,7 @@ class AsyncClient:
                     data=msg.payloads[0].buffer,
                     audio=audio,
                     received_at=time.monotonic(),
+                    voices=voices,
                 )
             )
         elif msg.type in _EVENT_KINDS and not (msg.type is MsgType.ERROR and fut is not None):

@@ -35,8 +35,10 @@ class Frame:
         width, height: frame size in pixels.
         data: the image payload (raw RGB bytes or JPEG bytes).
         audio: float32 mono ``(samples,)``, the samples ``[pts, pts + samples)`` the frame
-            animates.
+            animates (a scene: the characters' mix).
         received_at: ``time.monotonic()`` when the client received it (for latency metrics).
+        voices: each character's own audio over the same samples, float32 ``(samples,)`` each,
+            in character order (a scene opened with ``character_audio``; else empty).
     """
 
     session: str
@@ -51,6 +53,7 @@ class Frame:
     data: Any
     audio: np.ndarray
     received_at: float = 0.0
+    voices: tuple[np.ndarray, ...] = ()
 
     def image(self) -> np.ndarray:
         """The frame as uint8 RGB ``(height, width, 3)`` (decodes JPEG)."""
@@ -70,7 +73,8 @@ class Event:
 
     ``kind`` is ``playback_started`` (data: segment), ``playback_finished`` (segment, position in
     seconds, interrupted), ``error`` (code, message, retryable) or ``closed`` (reason and frame
-    counters); ``closed`` is always a session's last item.
+    counters); ``closed`` is always a session's last item. Playback events of protocol version 2
+    also carry ``character``.
     """
 
     session: str

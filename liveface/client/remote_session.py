@@ -34,6 +34,11 @@ class RemoteSession:
         self.sample_rate: int = opened["sample_rate"]
         self.format: str = opened["format"]
         self.timeout_s: float = opened["timeout_s"]
+        #: The characters (``id``, ``box`` and maybe ``mouth_box``, fractions of the frame);
+        #: one filling the frame for a single avatar (and for protocol version 1).
+        self.characters: list[dict[str, Any]] = opened.get(
+            "characters", [{"id": 0, "box": [0.0, 0.0, 1.0, 1.0]}]
+        )
         self.closed = False
         self.close_info: dict[str, Any] | None = None
         #: Frames this client dropped because the application did not read them in time.
@@ -52,6 +57,7 @@ class RemoteSession:
         fmt: str | None = None,
         channels: int | None = None,
         wait: bool = True,
+        character: int | None = None,
     ) -> dict[str, Any] | None:
         """Send PCM audio; the server resamples it to its rate and paces it.
 
@@ -63,6 +69,7 @@ class RemoteSession:
             channels: interleaved channels (averaged to mono by the server).
             wait: wait for the server's ack (``accepted``/``dropped`` samples at the server's rate
                 and ``queued_s``, the audio queued but not yet played); None when False.
+            character: the scene's character this audio is the voice of (default 0).
         """
         if isinstance(audio, np.ndarray):
             if fmt is None:
@@ -77,21 +84,30 @@ class RemoteSession:
             if fmt is None:
                 raise ValueError("pass fmt= with raw PCM bytes")
             payload = bytes(audio)
-        header = {"session": self.id, "rate": int(rate), "format": fmt, "channels": channels or 1}
+        header = self._header(character)
+        header.update(rate=int(rate), format=fmt, channels=channels or 1)
         if not wait:
             await self._client.send(MsgType.AUDIO, header, payload)
             return None
         return (await self._client.request(MsgType.AUDIO, header, payload)).header
 
-    async def end_segment(self) -> int | None:
-        """Close the speech segment being pushed; returns its id (None if none was open)."""
-        reply = await self._client.request(MsgType.SEGMENT_END, {"session": self.id})
+    def _header(self, character: int | None) -> dict[str, Any]:
+        header: dict[str, Any] = {"session": self.id}
+        if character is not None:
+            header["character"] = character
+        return header
+
+    async def end_segment(self, character: int | None = None) -> int | None:
+        """Close the (character's) speech segment being pushed; returns its id (None if none
+        was open)."""
+        reply = await self._client.request(MsgType.SEGMENT_END, self._header(character))
         segment = reply.header.get("segment")
         return int(segment) if segment is not None else None
 
-    async def clear(self) -> dict[str, Any]:
-        """Barge-in: the server drops queued audio and frames and returns to idle."""
-        return (await self._client.request(MsgType.CLEAR, {"session": self.id})).header
+    async def clear(self, character: int | None = None) -> dict[str, Any]:
+        """Barge-in: the server drops queued audio and frames and returns to idle; with
+        ``character``, only that character's queued audio (the others play on)."""
+        return (await self._client.request(MsgType.CLEAR, self._header(character))).header
 
     async def close(self) -> dict[str, Any]:
         """End the session; returns the ``CLOSED`` header (reason and frame counters)."""

@@ -16,12 +16,11 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
-from liveface.client.async_client import DEFAULT_ADDRESS, AsyncClient
+from liveface.client.async_client import DEFAULT_ADDRESS, AsyncClient, Portrait
 from liveface.client.messages import Event, Frame
 from liveface.client.remote_session import RemoteSession
 from liveface.errors import SessionClosedError
@@ -39,6 +38,7 @@ class SyncSession:
         self.width, self.height, self.fps = remote.width, remote.height, remote.fps
         self.sample_rate = remote.sample_rate
         self.format = remote.format
+        self.characters = remote.characters
 
     @property
     def closed(self) -> bool:
@@ -51,15 +51,16 @@ class SyncSession:
         fmt: str | None = None,
         channels: int | None = None,
         wait: bool = True,
+        character: int | None = None,
     ) -> dict[str, Any] | None:
         """See :meth:`RemoteSession.push`."""
-        return self._client._call(self.remote.push(audio, rate, fmt, channels, wait))
+        return self._client._call(self.remote.push(audio, rate, fmt, channels, wait, character))
 
-    def end_segment(self) -> int | None:
-        return self._client._call(self.remote.end_segment())
+    def end_segment(self, character: int | None = None) -> int | None:
+        return self._client._call(self.remote.end_segment(character))
 
-    def clear(self) -> dict[str, Any]:
-        return self._client._call(self.remote.clear())
+    def clear(self, character: int | None = None) -> dict[str, Any]:
+        return self._client._call(self.remote.clear(character))
 
     def close(self) -> dict[str, Any]:
         return self._client._call(self.remote.close())
@@ -118,15 +119,17 @@ class SyncClient:
 
     def open(
         self,
-        portrait: bytes | str | Path | np.ndarray | None = None,
+        portrait: Portrait | list[Portrait] | None = None,
         prompt: str | None = None,
         options: dict[str, Any] | None = None,
         format: str = "rgb",
         jpeg_quality: int | None = None,
+        **scene: Any,
     ) -> SyncSession:
-        """Open a session (see :meth:`AsyncClient.open`)."""
-        remote = self._call(self._client.open(portrait, prompt, options, format, jpeg_quality))
-        return SyncSession(self, remote)
+        """Open a session (see :meth:`AsyncClient.open`; ``scene``: its ``characters``,
+        ``boxes`` and ``character_audio``)."""
+        opening = self._client.open(portrait, prompt, options, format, jpeg_quality, **scene)
+        return SyncSession(self, self._call(opening))
 
     def close(self) -> None:
         """Close the sessions, the socket and the background thread. Idempotent."""

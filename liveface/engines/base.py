@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from liveface.errors import ConfigError
+from liveface.errors import BadInputError, ConfigError
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,24 @@ class EngineSpec:
         return self.first_chunk_frames if index == 0 else self.chunk_frames
 
 
+#: Most characters one scene may hold (each has its own audio stream, mouth and idle state).
+MAX_CHARACTERS = 8
+
+
+@dataclass
+class Voice:
+    """One character's own audio in a scene chunk (see :attr:`AudioChunk.voices`).
+
+    Attributes:
+        window: float32 mono, the character's samples over the same span as the chunk's
+            ``window`` (``context`` samples of left context, the chunk's samples, the lookahead).
+        voiced: whether this character's voice was detected in the chunk's ``[start, end)``.
+    """
+
+    window: np.ndarray
+    voiced: bool
+
+
 @dataclass
 class AudioChunk:
     """One chunk of a session's audio, ready for an engine.
@@ -97,6 +115,9 @@ class AudioChunk:
         voiced: whether voice activity was detected in ``[start, end)``.
         epoch: the session's interrupt epoch when the chunk was cut; engines and buffers drop work
             of older epochs.
+        voices: scene sessions only (:class:`SceneEngine`): each character's own audio, in
+            character order; ``window`` is then their mix and ``voiced`` says whether anyone
+            spoke. Empty for a single-character session.
     """
 
     index: int
@@ -108,6 +129,7 @@ class AudioChunk:
     context: int
     voiced: bool
     epoch: int = 0
+    voices: tuple[Voice, ...] = ()
 
     @property
     def samples(self) -> np.ndarray:
@@ -244,4 +266,104 @@ class ClipRenderer(Protocol):
     ) -> Iterator[VideoChunk]:
         """Video chunks for ``audio`` (float32 mono at ``spec.sample_rate``), frames from 0 on,
         each with the samples it spans; ``progress(done_frames, total_frames)`` as it goes."""
+        ...
+
+
+Box = tuple[float, float, float, float]
+
+
+def check_box(box: object, what: str) -> Box:
+    """``box`` as ``(x0, y0, x1, y1)`` fractions of an image, checked.
+
+    Raises:
+        BadInputError: not four numbers in [0, 1] with ``x0 < x1`` and ``y0 < y1``.
+    """
+    bad = BadInputError(f"{what} must be [x0, y0, x1, y1], fractions of the image in [0, 1]")
+    if not isinstance(box, list | tuple) or len(box) != 4:
+        raise bad
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in box):
+        raise bad
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not all(0.0 <= v <= 1.0 for v in (x0, y0, x1, y1)):
+        raise bad
+    if not (x0 < x1 and y0 < y1):
+        raise BadInputError(f"{what} must have x0 < x1 and y0 < y1 (got {[x0, y0, x1, y1]})")
+    return x0, y0, x1, y1
+
+
+@dataclass(frozen=True)
+class SceneRequest:
+    """Which characters a scene holds: found in the portrait, or declared by boxes.
+
+    Attributes:
+        count: find this many faces (the largest ones) and number them left to right; None with
+            ``boxes``: one character per box.
+        boxes: ``(x0, y0, x1, y1)`` fractions of the portrait, one character per box, numbered in
+            the order given; the face inside each box is the character's.
+
+    Raises:
+        BadInputError: neither or both given, a count outside 1..MAX_CHARACTERS, or a bad box.
+    """
+
+    count: int | None = None
+    boxes: tuple[Box, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.count is None) == (not self.boxes):
+            raise BadInputError("a scene takes either a character count or boxes (one of them)")
+        n = len(self.boxes) if self.boxes else self.count
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHARACTERS:
+            raise BadInputError(f"a scene holds 1 to {MAX_CHARACTERS} characters (got {n!r})")
+        boxes = tuple(check_box(b, f"boxes[{i}]") for i, b in enumerate(self.boxes))
+        object.__setattr__(self, "boxes", boxes)
+
+    @property
+    def size(self) -> int:
+        """Number of characters."""
+        return len(self.boxes) if self.boxes else int(self.count or 0)
+
+
+@dataclass(frozen=True)
+class Character:
+    """One character of an opened scene.
+
+    Attributes:
+        box: ``(x0, y0, x1, y1)``: where its face is, as fractions of the output frame.
+        mouth_box: where its mouth moves, as fractions of the output frame (None if unknown).
+    """
+
+    box: Box
+    mouth_box: Box | None = None
+
+    def to_json(self, index: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": index, "box": [round(v, 5) for v in self.box]}
+        if self.mouth_box is not None:
+            out["mouth_box"] = [round(v, 5) for v in self.mouth_box]
+        return out
+
+
+@runtime_checkable
+class SceneEngine(Protocol):
+    """An engine that animates several characters in one picture, each from its own audio.
+
+    A scene session's chunks carry :attr:`AudioChunk.voices` (one per character, in character
+    order); ``generate``, ``interrupt`` and ``close`` take the scene's state as any other.
+    """
+
+    def open_scene(
+        self,
+        portrait: np.ndarray | None,
+        prompt: str | None,
+        options: Mapping[str, Any],
+        scene: SceneRequest,
+    ) -> tuple[EngineState, tuple[Character, ...]]:
+        """Find or place the characters and do the per-identity work once.
+
+        Returns:
+            the scene's state and its characters (``scene.size`` of them, in character order).
+
+        Raises:
+            NoFaceError: fewer faces than characters, or none inside a box.
+            BadInputError: an unusable portrait, option or layout.
+        """
         ...

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from liveface.pipeline.scene import ScenePipeline
 from liveface.pipeline.stream import StreamPipeline
 
 #: How far behind its schedule a pacer may fall before it jumps to "now" instead of bursting.
@@ -85,13 +86,15 @@ class PacerStats:
 class PacedFrame:
     """Video frame ``index``: ``frame`` uint8 RGB ``(height, width, 3)``, media-clock sample
     ``start``; ``fresh`` is False for a repeat; ``audio`` float32 ``(samples,)`` is the audio the
-    frame animates (when the pacer was asked for it, else empty)."""
+    frame animates (when the pacer was asked for it, else empty); ``voices`` each character's own
+    audio over the same samples (a scene's pacer asked for them, else empty)."""
 
     index: int
     start: int
     frame: np.ndarray
     fresh: bool
     audio: np.ndarray
+    voices: tuple[np.ndarray, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,7 @@ class VideoPacer(_Pacer):
     Args:
         with_audio: also take the audio each frame animates (ZeroMQ, the offline render); the
             WebRTC video track leaves the audio to its :class:`AudioPacer`.
+        with_voices: also take each character's own audio (a scene's stream only).
     """
 
     def __init__(
@@ -192,9 +196,13 @@ class VideoPacer(_Pacer):
         timing: PaceTiming | None = None,
         *,
         with_audio: bool = False,
+        with_voices: bool = False,
     ) -> None:
         super().__init__(stream, signal, timing)
         self.with_audio = with_audio
+        self.scene = stream if with_voices and isinstance(stream, ScenePipeline) else None
+        if self.scene is not None:
+            self.scene.keep_voices = True
 
     def start_of(self, n: int) -> int:
         return self.stream.spec.frame_start(n)
@@ -210,16 +218,14 @@ class VideoPacer(_Pacer):
         out = self.stream.output
         frame, fresh = out.take_frame(n)
         start = self.start_of(n)
-        audio = (
-            out.take_audio(start, self.start_of(n + 1) - start)
-            if self.with_audio
-            else np.zeros(0, np.float32)
-        )
+        count = self.start_of(n + 1) - start
+        audio = out.take_audio(start, count) if self.with_audio else np.zeros(0, np.float32)
+        voices = () if self.scene is None else self.scene.take_voices(start, count)
         if frame is None:
             return None
         if not fresh:
             self.stats.repeated += 1
-        return PacedFrame(n, start, frame, fresh, audio)
+        return PacedFrame(n, start, frame, fresh, audio, voices)
 
     async def next_frame(self, lead: float = 0.0) -> PacedFrame | None:
         """The next frame at its due time minus ``lead``; None once the session has ended."""

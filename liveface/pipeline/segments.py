@@ -19,12 +19,14 @@ class PlaybackKind(enum.Enum):
 
 @dataclass(frozen=True)
 class PlaybackEvent:
-    """``position`` is seconds of the segment that were played when the event happened."""
+    """``position`` is seconds of the segment that were played when the event happened;
+    ``character`` is the speaking character of a scene (None in a single-character session)."""
 
     kind: PlaybackKind
     segment: int
     position: float = 0.0
     interrupted: bool = False
+    character: int | None = None
 
 
 @dataclass
@@ -36,10 +38,12 @@ class _Segment:
 
 
 class SegmentTracker:
-    """Tracks segments on a media clock counted in samples at ``sample_rate``."""
+    """Tracks segments on a media clock counted in samples at ``sample_rate``; ``character``
+    labels the events (a scene's character, None otherwise)."""
 
-    def __init__(self, sample_rate: int) -> None:
+    def __init__(self, sample_rate: int, character: int | None = None) -> None:
         self.sample_rate = sample_rate
+        self.character = character
         self._segments: list[_Segment] = []
         self._next_id = 0
 
@@ -69,12 +73,11 @@ class SegmentTracker:
             seg = self._segments[0]
             if not seg.started and playhead > seg.start:
                 seg.started = True
-                events.append(PlaybackEvent(PlaybackKind.STARTED, seg.id))
+                events.append(PlaybackEvent(PlaybackKind.STARTED, seg.id, character=self.character))
             if seg.started and seg.end is not None and playhead >= seg.end:
+                played = (seg.end - seg.start) / self.sample_rate
                 events.append(
-                    PlaybackEvent(
-                        PlaybackKind.FINISHED, seg.id, (seg.end - seg.start) / self.sample_rate
-                    )
+                    PlaybackEvent(PlaybackKind.FINISHED, seg.id, played, False, self.character)
                 )
                 self._segments.pop(0)
                 continue
@@ -89,8 +92,9 @@ class SegmentTracker:
                 played = max(0, playhead - seg.start)
                 if seg.end is not None:
                     played = min(played, seg.end - seg.start)
+                seconds = played / self.sample_rate
                 events.append(
-                    PlaybackEvent(PlaybackKind.FINISHED, seg.id, played / self.sample_rate, True)
+                    PlaybackEvent(PlaybackKind.FINISHED, seg.id, seconds, True, self.character)
                 )
         self._segments.clear()
         return events

@@ -157,28 +157,35 @@ class StreamPipeline:
         x = np.asarray(audio, dtype=np.float32).reshape(-1)
         if x.shape[0] == 0:
             return 0
+        x = self._admit(x, now, self.ring.end, observe=not self._filled)
+        self._filled = False
+        if x.shape[0]:
+            self.segments.on_push(self.ring.end)
+            self._append(x)
+        return int(x.shape[0])
+
+    def _admit(self, x: np.ndarray, now: float, end: int, observe: bool) -> np.ndarray:
+        """The part of block ``x`` (arriving at ``now``, to be appended at sample ``end`` of its
+        source) that is kept: anchors the clock, follows live jitter (when ``observe``: no silence
+        was filled since the source's last block), drops stale or over-limit samples."""
         self.start(now, x.shape[0])
         self.stats.input_samples += x.shape[0]
         if self.config.live:
-            if not self._filled:
-                self._observe(now, self.ring.end + x.shape[0])
-            self._filled = False
-            # A live block ends "now": if the ring already reaches past that (silence was filled
+            if observe:
+                self._observe(now, end + x.shape[0])
+            # A live block ends "now": if the source already reaches past that (silence was filled
             # during a stall), the block's head is stale and is dropped to keep latency bounded.
-            excess = self.ring.end + x.shape[0] - self.wall_sample(now) - self._slack
+            excess = end + x.shape[0] - self.wall_sample(now) - self._slack
             if excess > 0:
                 drop = min(excess, x.shape[0])
                 self.stats.input_dropped_samples += drop
                 x = x[drop:]
         else:
-            room = self._pending_limit - (self.ring.end - self.output.audio_head)
+            room = self._pending_limit - (end - self.output.audio_head)
             if room < x.shape[0]:
                 self.stats.input_dropped_samples += x.shape[0] - max(room, 0)
                 x = x[: max(room, 0)]
-        if x.shape[0]:
-            self.segments.on_push(self.ring.end)
-            self._append(x)
-        return int(x.shape[0])
+        return x
 
     def pending_samples(self) -> int:
         """Audio appended but not yet played (what a pushing client has queued)."""
@@ -198,28 +205,33 @@ class StreamPipeline:
         if self.anchor is None:
             return []
         wall = self.wall_sample(now)
-        if self.config.live:
-            # A live source stalled: keep the clock moving with silence so the avatar idles.
-            behind = self.ring.end < wall - self._gap
-            target = wall
-        elif self.segments.open:
-            # Speech is being pushed: more is on its way, so a pause is not inserted into it
-            # unless the audio falls so far behind that its frames would be late.
-            target = wall - self._delay // 2
-            behind = self.ring.end < target
-        else:
-            # Pushed audio, idle: keep silence queued slightly ahead so idle chunks are never
-            # late; speech pushed later lands right after it.
-            target = wall + self._delay // 2
-            behind = self.ring.end < target
-        if behind:
-            fill = max(target, self.chunker.needed_until()) - self.ring.end
+        fill = self._silence_due(self.ring.end, wall, self.segments.open)
+        if fill > 0:
             self._append(np.zeros(fill, dtype=np.float32))
             self.stats.silence_filled_samples += fill
             self._filled = True
         chunks = self.chunker.pop_ready(release_until=wall + self._delay + self._lead)
         self.stats.chunks_cut += len(chunks)
         return chunks
+
+    def _silence_due(self, end: int, wall: int, speaking: bool = False) -> int:
+        """Silence to append to a source whose audio ends at sample ``end`` (the wall is at
+        sample ``wall``; ``speaking``: a pushed segment is open); 0 when none is due."""
+        if self.config.live:
+            # A live source stalled: keep the clock moving with silence so the avatar idles.
+            target = wall
+            behind = end < wall - self._gap
+        elif speaking:
+            # Speech is being pushed: more is on its way, so a pause is not inserted into it
+            # unless the audio falls so far behind that its frames would be late.
+            target = wall - self._delay // 2
+            behind = end < target
+        else:
+            # Pushed audio, idle: keep silence queued slightly ahead so idle chunks are never
+            # late; speech pushed later lands right after it.
+            target = wall + self._delay // 2
+            behind = end < target
+        return max(target, self.chunker.needed_until()) - end if behind else 0
 
     # -- output --------------------------------------------------------------------------------
 

@@ -1,13 +1,16 @@
-"""The ZeroMQ wire protocol, version 1: message types, header schemas, encoding and decoding.
+"""The ZeroMQ wire protocol, versions 1 and 2: message types, header schemas, encoding, decoding.
 
 The written specification is ``docs/zmq-protocol.md``; this module is its executable form and is
 shared by the server and the clients. A message is a multipart ZeroMQ message:
 
-- frame 0: two bytes, ``version`` (1) and ``type`` (a :class:`MsgType`);
+- frame 0: two bytes, ``version`` (1 or 2) and ``type`` (a :class:`MsgType`);
 - frame 1: the header, a UTF-8 JSON object validated against the type's schema;
 - frames 2..: binary payloads (a portrait image, PCM audio, a video frame and its audio).
 
-Nothing here touches sockets, so the codec is tested without a network.
+Version 2 adds scenes with several characters (``character`` on requests and events, the
+characters in ``OPEN``/``OPENED``, each character's own audio in ``FRAME``); every version-1
+message means the same in version 2 apart from the fields it adds. Nothing here touches sockets,
+so the codec is tested without a network.
 """
 
 from __future__ import annotations
@@ -15,13 +18,17 @@ from __future__ import annotations
 import enum
 import json
 import struct
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from liveface.engines.base import MAX_CHARACTERS, check_box
+from liveface.errors import BadInputError
 from liveface.protocol.schema import MAX_JSON_INT, Field, ProtocolError, Schema, validate
 
-PROTOCOL_VERSION = 1
+#: The version this code speaks by default, and every version it understands.
+PROTOCOL_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 _PREFIX = struct.Struct("!BB")
 
 
@@ -79,12 +86,17 @@ def _r(**fields: Field) -> dict[str, Field]:
     return {"req": _REQ, **fields}
 
 
+#: Checks that span fields and payloads (run after the schema): raise ``ProtocolError``.
+CrossCheck = Callable[[dict[str, Any], int], None]
+
+
 @dataclass(frozen=True)
 class MessageSpec:
     """A message type's header schema and how many binary payload frames it carries."""
 
     schema: Schema
     payloads: tuple[int, int] = (0, 0)  # (min, max)
+    check: CrossCheck | None = None
 
 
 SPECS: dict[MsgType, MessageSpec] = {
@@ -175,6 +187,71 @@ SPECS: dict[MsgType, MessageSpec] = {
 }
 
 
+_CHARACTER = Field("int", lo=0, hi=MAX_CHARACTERS - 1)
+
+
+def _check_open(header: dict[str, Any], payloads: int) -> None:
+    """Version 2 ``OPEN``: a count or boxes (not both), boxes well formed, portraits vs count."""
+    boxes, count = header.get("boxes"), header.get("characters")
+    if boxes is not None and count is not None:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "open: give 'characters' or 'boxes', not both")
+    try:
+        for i, box in enumerate(boxes or ()):
+            check_box(box, f"open: boxes[{i}]")
+    except BadInputError as e:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, str(e)) from e
+    if payloads > 1 and (boxes is not None or (count is not None and count != payloads)):
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE,
+            f"open: {payloads} portraits are {payloads} characters, one each; send no boxes "
+            "and no other count",
+        )
+
+
+def _check_frame(header: dict[str, Any], payloads: int) -> None:
+    voices = header.get("voices", 0)
+    if payloads != 2 + voices:
+        raise ProtocolError(
+            ErrorCode.BAD_MESSAGE, f"frame: expected 2 + voices ({voices}) payloads, got {payloads}"
+        )
+
+
+def _extend(spec: MessageSpec, **fields: Field) -> MessageSpec:
+    return replace(spec, schema={**spec.schema, **fields})
+
+
+#: Version 2: version 1 plus the fields of scenes with several characters.
+SPECS_V2: dict[MsgType, MessageSpec] = {
+    **SPECS,
+    MsgType.OPEN: replace(
+        _extend(
+            SPECS[MsgType.OPEN],
+            characters=Field("int", lo=1, hi=MAX_CHARACTERS),
+            boxes=Field("list", lo=1, hi=MAX_CHARACTERS),
+            character_audio=Field("bool"),
+        ),
+        payloads=(0, MAX_CHARACTERS),
+        check=_check_open,
+    ),
+    MsgType.AUDIO: _extend(SPECS[MsgType.AUDIO], character=_CHARACTER),
+    MsgType.SEGMENT_END: _extend(SPECS[MsgType.SEGMENT_END], character=_CHARACTER),
+    MsgType.CLEAR: _extend(SPECS[MsgType.CLEAR], character=_CHARACTER),
+    MsgType.OPENED: _extend(
+        SPECS[MsgType.OPENED], characters=Field("list", required=True, lo=1, hi=MAX_CHARACTERS)
+    ),
+    MsgType.ACK: _extend(SPECS[MsgType.ACK], character=_CHARACTER),
+    MsgType.FRAME: replace(
+        _extend(SPECS[MsgType.FRAME], voices=Field("int", lo=0, hi=MAX_CHARACTERS)),
+        payloads=(2, 2 + MAX_CHARACTERS),
+        check=_check_frame,
+    ),
+    MsgType.PLAYBACK_STARTED: _extend(SPECS[MsgType.PLAYBACK_STARTED], character=_CHARACTER),
+    MsgType.PLAYBACK_FINISHED: _extend(SPECS[MsgType.PLAYBACK_FINISHED], character=_CHARACTER),
+}
+#: The message specs of each supported version.
+VERSION_SPECS = {1: SPECS, 2: SPECS_V2}
+
+
 @dataclass(frozen=True)
 class Limits:
     """Sizes a receiver accepts; larger frames are refused with ``too_large``."""
@@ -185,11 +262,13 @@ class Limits:
 
 @dataclass
 class Message:
-    """A decoded message: its type, validated header and payload frames (bytes-like)."""
+    """A decoded message: its type, validated header, payload frames (bytes-like) and the
+    protocol version it came in."""
 
     type: MsgType
     header: dict[str, Any]
     payloads: list[Any] = field(default_factory=list)
+    version: int = PROTOCOL_VERSION
 
     @property
     def req(self) -> int | None:
@@ -197,10 +276,12 @@ class Message:
         return req if isinstance(req, int) else None
 
 
-def encode(msg_type: MsgType, header: dict[str, Any], *payloads: Any) -> list[Any]:
+def encode(
+    msg_type: MsgType, header: dict[str, Any], *payloads: Any, version: int = PROTOCOL_VERSION
+) -> list[Any]:
     """The frames of a message (without any routing id): prefix, JSON header, payloads."""
     body = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
-    return [_PREFIX.pack(PROTOCOL_VERSION, int(msg_type)), body, *payloads]
+    return [_PREFIX.pack(version, int(msg_type)), body, *payloads]
 
 
 def _peek_req(header: Any) -> int | None:
@@ -235,10 +316,11 @@ def decode(frames: Sequence[Any], limits: Limits, requests: bool) -> Message:
             ErrorCode.BAD_MESSAGE, f"frame 0 must be 2 bytes (version, type), got {len(prefix)}"
         )
     version, type_id = _PREFIX.unpack(prefix)
-    if version != PROTOCOL_VERSION:
+    if version not in SUPPORTED_VERSIONS:
         raise ProtocolError(
             ErrorCode.UNSUPPORTED_VERSION,
-            f"protocol version {version} is not supported; this peer speaks {PROTOCOL_VERSION}",
+            f"protocol version {version} is not supported; this peer speaks versions "
+            f"{', '.join(map(str, SUPPORTED_VERSIONS))}",
         )
     try:
         msg_type = MsgType(type_id)
@@ -254,7 +336,7 @@ def decode(frames: Sequence[Any], limits: Limits, requests: bool) -> Message:
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, f"header is not valid JSON: {e}") from e
     req = _peek_req(header)
-    spec = SPECS[msg_type]
+    spec = VERSION_SPECS[version][msg_type]
     where = msg_type.name.lower()
     try:
         header = validate(header, spec.schema, where)
@@ -273,10 +355,12 @@ def decode(frames: Sequence[Any], limits: Limits, requests: bool) -> Message:
                     f"{where}: payload of {len(p)} bytes is over the limit of "
                     f"{limits.max_payload_bytes}",
                 )
+        if spec.check is not None:
+            spec.check(header, len(payloads))
     except ProtocolError as e:
         e.req = req
         raise
-    return Message(msg_type, header, payloads)
+    return Message(msg_type, header, payloads, version)
 
 
 def error_header(

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from liveface.engines.base import Engine
-from liveface.errors import ConfigError
+from liveface.engines.base import Engine, SceneRequest
+from liveface.errors import BadInputError, ConfigError
+from liveface.pipeline.compose import compose_portraits
 from liveface.pipeline.image import decode_image
 from liveface.pipeline.resample import StreamingResampler
 from liveface.pipeline.stream import StreamConfig
@@ -39,14 +40,47 @@ class SessionRequest:
 
     Attributes:
         portrait: an encoded image (bytes, decoded off the event loop), an RGB array, or None
-            for the server's default portrait.
+            for the server's default portrait; or several of them, composed side by side into
+            one scene with one character each (left to right).
         prompt: optional text prompt.
         engine_options: engine-specific per-session options.
+        scene: the characters of a scene (found in the portrait, or boxes); None for one avatar
+            (or, with several portraits, one character per portrait).
     """
 
-    portrait: bytes | np.ndarray | None = None
+    portrait: bytes | np.ndarray | Sequence[bytes | np.ndarray] | None = None
     prompt: str | None = None
     engine_options: Mapping[str, Any] = field(default_factory=dict)
+    scene: SceneRequest | None = None
+
+
+def _decode(portrait: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+    return portrait if isinstance(portrait, np.ndarray) else decode_image(bytes(portrait))
+
+
+def prepare_portrait(
+    request: SessionRequest,
+) -> tuple[np.ndarray | None, SceneRequest | None]:
+    """Decode the request's portrait(s); several are composed into one scene (blocking).
+
+    Raises:
+        BadInputError: an unreadable image, or several portraits with boxes or another count.
+    """
+    portrait, scene = request.portrait, request.scene
+    if portrait is None:
+        return None, scene
+    if isinstance(portrait, bytes | bytearray | memoryview | np.ndarray):
+        return _decode(portrait), scene
+    images = [_decode(p) for p in portrait]
+    if len(images) == 1 and scene is None:
+        return images[0], None
+    if scene is not None and (scene.boxes or scene.size != len(images)):
+        raise BadInputError(
+            f"{len(images)} portraits make {len(images)} characters, one each: send no boxes, "
+            "and a character count equal to the number of portraits (or none)"
+        )
+    composed, boxes = compose_portraits(images)
+    return composed, SceneRequest(boxes=boxes)
 
 
 class Runtime:
@@ -138,10 +172,8 @@ class Runtime:
         self.registry.reserve()
         session: Session | None = None
         try:
-            portrait = request.portrait
-            if isinstance(portrait, bytes | bytearray | memoryview):
-                loop = asyncio.get_running_loop()
-                portrait = await loop.run_in_executor(None, decode_image, bytes(portrait))
+            loop = asyncio.get_running_loop()
+            portrait, scene = await loop.run_in_executor(None, prepare_portrait, request)
             if portrait is None:
                 portrait = self.default_portrait
             worker = min(self.workers, key=lambda w: w.sessions)
@@ -155,7 +187,7 @@ class Runtime:
 
             session = Session(worker, stream, on_event=relay)
             await session.start(
-                SessionOptions(portrait, request.prompt, dict(request.engine_options))
+                SessionOptions(portrait, request.prompt, dict(request.engine_options), scene)
             )
         except BaseException:
             self.registry.unreserve()

@@ -21,10 +21,19 @@ from typing import Any
 
 import numpy as np
 
-from liveface.engines.base import AudioChunk, EngineState, VideoChunk
-from liveface.errors import EngineError, SessionClosedError
+from liveface.engines.base import (
+    AudioChunk,
+    Character,
+    Engine,
+    EngineState,
+    SceneEngine,
+    SceneRequest,
+    VideoChunk,
+)
+from liveface.errors import BadInputError, EngineError, SessionClosedError, UnknownCharacterError
 from liveface.pipeline.ingest import AudioIngest
 from liveface.pipeline.pacer import AudioPacer, OutputSignal, PaceTiming, VideoPacer
+from liveface.pipeline.scene import ScenePipeline
 from liveface.pipeline.stream import StreamConfig, StreamPipeline
 from liveface.runtime.events import CloseReason, SessionClosed, SessionError, SessionEvent
 from liveface.runtime.metrics import DropReason, SessionCounter
@@ -47,11 +56,24 @@ class SessionOptions:
         portrait: uint8 RGB ``(height, width, 3)``, or None for the server's default portrait.
         prompt: optional text prompt (engines that take none ignore it).
         engine_options: engine-specific per-session options.
+        scene: several characters in the portrait (None: one avatar).
     """
 
     portrait: np.ndarray | None = None
     prompt: str | None = None
     engine_options: Mapping[str, Any] = field(default_factory=dict)
+    scene: SceneRequest | None = None
+
+
+def _open_state(
+    engine: Engine, options: SessionOptions
+) -> tuple[EngineState, tuple[Character, ...]]:
+    """The engine's state for ``options`` (blocking): one avatar, or a scene and its characters."""
+    args = (options.portrait, options.prompt, dict(options.engine_options))
+    if options.scene is None:
+        return engine.open(*args), ()
+    assert isinstance(engine, SceneEngine)  # checked before
+    return engine.open_scene(*args, options.scene)
 
 
 def new_session_id() -> str:
@@ -79,6 +101,11 @@ class Session:
         self.spec = worker.engine.spec
         self.stream = StreamPipeline(self.spec, stream_config)
         self.ingest = AudioIngest(self.spec.sample_rate)
+        #: One ingest per character (a scene's characters each have their own audio source).
+        self.ingests = [self.ingest]
+        #: A scene's characters (empty: a single-character session) and its pipeline.
+        self.characters: tuple[Character, ...] = ()
+        self.scene: ScenePipeline | None = None
         self.signal = OutputSignal()
         self._on_event = on_event
         self._state: EngineState | None = None
@@ -104,17 +131,27 @@ class Session:
         """
         self._loop = asyncio.get_running_loop()
         engine = self.worker.engine
-        opening = self._loop.run_in_executor(
-            None, engine.open, options.portrait, options.prompt, dict(options.engine_options)
-        )
+        if options.scene is not None and not isinstance(engine, SceneEngine):
+            raise BadInputError(
+                f"the {engine.name} engine animates one character; open a session with several "
+                "characters on an engine that animates scenes (warp)"
+            )
+        opening = self._loop.run_in_executor(None, _open_state, engine, options)
         try:
-            self._state = await asyncio.shield(opening)
+            state, characters = await asyncio.shield(opening)
         except asyncio.CancelledError:
             # The client left while the portrait was being prepared: free it once it is ready.
             opening.add_done_callback(
-                lambda f: None if f.cancelled() or f.exception() else engine.close(f.result())
+                lambda f: None if f.cancelled() or f.exception() else engine.close(f.result()[0])
             )
             raise
+        self._state = state
+        if options.scene is not None:
+            self.characters = characters
+            self.scene = ScenePipeline(self.spec, self.stream.config, len(characters))
+            self.stream = self.scene
+            rate = self.spec.sample_rate
+            self.ingests += [AudioIngest(rate) for _ in characters[1:]]
         self.worker.register(self.id, self._state, self)
         self._tasks.spawn(self._tick_loop())
         log.info("session %s started (engine %s)", self.id, engine.name)
@@ -122,6 +159,24 @@ class Session:
     def describe(self) -> dict[str, Any]:
         """The engine's facts about this session's avatar (see ``Engine.describe``)."""
         return self.worker.engine.describe(self._state) if self._state is not None else {}
+
+    @property
+    def num_characters(self) -> int:
+        return max(1, len(self.characters))
+
+    def check_character(self, character: object) -> int:
+        """``character`` if this session has it.
+
+        Raises:
+            UnknownCharacterError: not an index of one of the session's characters.
+        """
+        n = self.num_characters
+        if isinstance(character, bool) or not isinstance(character, int) or not 0 <= character < n:
+            raise UnknownCharacterError(
+                f"session {self.id} has no character {character!r}: its characters are "
+                f"0..{n - 1} (numbered left to right, or in the order of the boxes given)"
+            )
+        return character
 
     def start_clock(self) -> None:
         """Start the media clock now (pushed-audio transports: the avatar idles from here)."""
@@ -157,40 +212,63 @@ class Session:
 
     # -- media in and out ----------------------------------------------------------------------
 
-    def push(self, audio: np.ndarray) -> int:
-        """Append mono float32 audio at the engine's rate (what :attr:`ingest` made); returns the
-        samples accepted."""
+    def push(self, audio: np.ndarray, character: int = 0) -> int:
+        """Append mono float32 audio at the engine's rate (what ``ingests[character]`` made);
+        returns the samples accepted."""
         if self.closing:
             raise SessionClosedError(f"session {self.id} has ended")
+        c = self.check_character(character)
         if audio.shape[0] == 0:
             return 0
-        n = self.stream.push(audio, time.monotonic())
+        now = time.monotonic()
+        n = self.stream.push(audio, now) if self.scene is None else self.scene.push(audio, now, c)
         self._wake.set()
         return n
 
-    def end_segment(self) -> int | None:
-        """Close the pushed speech segment; the ingest's filter tail belongs to it."""
-        tail = self.ingest.flush()
+    def end_segment(self, character: int = 0) -> int | None:
+        """Close the character's pushed speech segment; its ingest's filter tail belongs to it."""
+        c = self.check_character(character)
+        tail = self.ingests[c].flush()
         if tail.shape[0]:
-            self.push(tail)
-        return self.stream.end_segment()
+            self.push(tail, c)
+        return self.stream.end_segment() if self.scene is None else self.scene.end_segment(c)
 
-    def clear(self) -> None:
-        """Barge-in: drop queued speech, in-flight chunks and pending frames; back to idle."""
-        epoch, events = self.stream.clear()
+    def clear(self, character: int | None = None) -> None:
+        """Barge-in of one character (None: everyone): drop its queued speech, in-flight chunks
+        and pending frames; back to idle (the other characters' audio plays on)."""
+        c = None if character is None else self.check_character(character)
+        epoch, events = self.stream.clear() if self.scene is None else self.scene.clear(c)
         self.worker.interrupt(self.id, epoch)
         for e in events:
             self._emit(e)
         self._wake.set()
 
-    def pending_seconds(self) -> float:
-        """Pushed audio not yet played (what a pushing client has queued)."""
-        return self.stream.pending_samples() / self.spec.sample_rate
+    def release_character(self, character: int) -> None:
+        """The character's live source left: it listens from now on; a new source starts afresh."""
+        c = self.check_character(character)
+        if self.scene is not None:
+            self.scene.release(c)
+        self.ingests[c].flush()
+        self.ingests[c] = AudioIngest(self.spec.sample_rate)
+        if c == 0:
+            self.ingest = self.ingests[0]
 
-    def video_pacer(self, *, with_audio: bool = False, timing: PaceTiming | None = None
-                    ) -> VideoPacer:  # fmt: skip
-        """A pacer of this session's frames (see :mod:`liveface.pipeline.pacer`)."""
-        pacer = VideoPacer(self.stream, self.signal, timing, with_audio=with_audio)
+    def pending_seconds(self, character: int | None = None) -> float:
+        """Pushed audio not yet played (what a pushing client has queued), of one character."""
+        if self.scene is None:
+            return self.stream.pending_samples() / self.spec.sample_rate
+        c = None if character is None else self.check_character(character)
+        return self.scene.pending_samples(c) / self.spec.sample_rate
+
+    def video_pacer(
+        self, *, with_audio: bool = False, with_voices: bool = False,
+        timing: PaceTiming | None = None,
+    ) -> VideoPacer:  # fmt: skip
+        """A pacer of this session's frames (see :mod:`liveface.pipeline.pacer`); ``with_voices``
+        also takes each character's own audio (scenes)."""
+        pacer = VideoPacer(
+            self.stream, self.signal, timing, with_audio=with_audio, with_voices=with_voices
+        )
         self._pacers.append(pacer)
         return pacer
 
@@ -265,7 +343,9 @@ class Session:
 
     def counters(self) -> dict[SessionCounter, float]:
         """This session's counters, as exported in the process totals."""
-        out, inp, ing = self.stream.output.stats, self.stream.stats, self.ingest.stats
+        out, inp = self.stream.output.stats, self.stream.stats
+        dropped = sum(i.stats.dropped for i in self.ingests)
+        concealed = sum(i.stats.concealed for i in self.ingests)
         return {
             SessionCounter.FRAMES_OUT: out.frames_out,
             SessionCounter.FRAMES_REPEATED: out.frames_repeated,
@@ -273,8 +353,8 @@ class Session:
             SessionCounter.FRAMES_OVERFLOW: out.frames_overflow,
             SessionCounter.AUDIO_UNDERRUN_SAMPLES: out.audio_underrun_samples,
             SessionCounter.INPUT_SAMPLES: inp.input_samples,
-            SessionCounter.INPUT_DROPPED_SAMPLES: inp.input_dropped_samples + ing.dropped,
-            SessionCounter.INPUT_CONCEALED_SAMPLES: ing.concealed,
+            SessionCounter.INPUT_DROPPED_SAMPLES: inp.input_dropped_samples + dropped,
+            SessionCounter.INPUT_CONCEALED_SAMPLES: concealed,
             SessionCounter.SILENCE_FILLED_SAMPLES: inp.silence_filled_samples,
             SessionCounter.CHUNKS_SKIPPED: self.chunks_skipped,
         }

@@ -17,6 +17,7 @@ from liveface.errors import (
     AvatarError,
     BadInputError,
     CapacityError,
+    JoinRefusedError,
     NoFaceError,
     UnauthorizedError,
 )
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 _STATUS: list[tuple[type[AvatarError], int]] = [
     (CapacityError, 503),
     (UnauthorizedError, 401),
+    (JoinRefusedError, 403),
     (NoFaceError, 422),
     (BadInputError, 400),
 ]

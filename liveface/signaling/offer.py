@@ -12,8 +12,10 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
+from liveface.engines.base import SceneRequest
 from liveface.errors import BadInputError, UnauthorizedError
 from liveface.runtime.runtime import SessionRequest
+from liveface.signaling.join import JoinRequest
 
 #: Deepest JSON nesting accepted in an offer (a real one nests 2 levels).
 MAX_JSON_DEPTH = 32
@@ -96,9 +98,40 @@ async def _fields(request: web.Request) -> dict[str, Any]:
     return fields
 
 
-async def read_offer(request: web.Request) -> tuple[str, str, SessionRequest]:
-    """Parse ``{"sdp", "type", "prompt"?, "portrait"? (data URL), "options"?}`` or the same as a
-    multipart form. The portrait stays encoded: it is decoded only once a slot is held.
+def _field(fields: dict[str, Any], name: str, form: bool) -> Any:
+    """A JSON-valued field: as sent in a JSON body, or parsed from a form's text."""
+    value = fields.get(name)
+    return parse_json(value, f'"{name}"') if form and isinstance(value, str) else value
+
+
+def _scene(fields: dict[str, Any], form: bool) -> SceneRequest | None:
+    """``"characters": n`` (faces found left to right) or ``"boxes": [[x0, y0, x1, y1], ...]``."""
+    count, boxes = _field(fields, "characters", form), _field(fields, "boxes", form)
+    if count is None and boxes is None:
+        return None
+    if boxes is not None and not isinstance(boxes, list):
+        raise BadInputError('"boxes" must be a list of [x0, y0, x1, y1] fractions')
+    return SceneRequest(count=count, boxes=tuple(boxes or ()))
+
+
+def _join(fields: dict[str, Any], form: bool) -> JoinRequest | None:
+    """``"join": token`` (and ``"character"``?): this peer joins an existing scene."""
+    token, character = fields.get("join"), _field(fields, "character", form)
+    if token is None:
+        if character is not None:
+            raise BadInputError('"character" goes with "join" (the scene\'s join token)')
+        return None
+    if any(k in fields for k in ("portrait", "prompt", "options", "characters", "boxes")):
+        raise BadInputError("a joining offer takes the scene as it is: send only sdp, type, join")
+    return JoinRequest(token, character)
+
+
+async def read_offer(
+    request: web.Request,
+) -> tuple[str, str, SessionRequest, JoinRequest | None]:
+    """Parse ``{"sdp", "type", "prompt"?, "portrait"? (data URL), "options"?, "characters"? |
+    "boxes"?}`` or the same as a multipart form; or a joining offer ``{"sdp", "type", "join",
+    "character"?}``. The portrait stays encoded: it is decoded only once a slot is held.
 
     Raises:
         BadInputError: anything malformed, with what to fix.
@@ -119,4 +152,8 @@ async def read_offer(request: web.Request) -> tuple[str, str, SessionRequest]:
     if not isinstance(engine_options, dict):
         raise BadInputError('"options" must be an object')
     raw = portrait.encode() if isinstance(portrait, str) else portrait
-    return sdp, kind, SessionRequest(bytes(raw) if raw else None, prompt, engine_options)
+    form = request.content_type.startswith("multipart/")
+    join = _join(fields, form)
+    scene = _scene(fields, form)
+    request_ = SessionRequest(bytes(raw) if raw else None, prompt, engine_options, scene)
+    return sdp, kind, request_, join

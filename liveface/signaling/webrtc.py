@@ -20,6 +20,7 @@ from liveface.runtime.metrics import SessionCounter
 from liveface.runtime.runtime import Runtime
 from liveface.runtime.session import Session
 from liveface.runtime.tasks import TaskSet
+from liveface.signaling.fanout import FeedTrack
 from liveface.signaling.jitter import tune_audio_jitter
 from liveface.signaling.tracks import AUDIO_BLOCK_MS, AvatarAudioTrack, AvatarVideoTrack
 from liveface.signaling.video_encoder import install_vp8_encoder
@@ -76,10 +77,22 @@ class PeerSession:
             servers, the ICE deadline and the jitter buffer's least hold.
         session: the started session.
         on_closed: called once the peer and its session have ended.
+        character: the scene's character this peer's microphone drives (0 for one avatar).
+        tracks: ``(audio, video)`` to send instead of the session's own tracks (a scene's
+            shared feed, see :mod:`.fanout`).
+        owner: the peer's leaving ends the session (False: a peer that joined a scene; its
+            character listens again when it leaves).
     """
 
     def __init__(
-        self, runtime: Runtime, session: Session, on_closed: Callable[[PeerSession], None]
+        self,
+        runtime: Runtime,
+        session: Session,
+        on_closed: Callable[[PeerSession], None],
+        *,
+        character: int = 0,
+        tracks: tuple[FeedTrack, FeedTrack] | None = None,
+        owner: bool = True,
     ) -> None:
         self.runtime = runtime
         self.session = session
@@ -97,8 +110,14 @@ class PeerSession:
         self._tasks = TaskSet()
         self._closing = False
         self.last_audio = time.monotonic()
-        self.video = AvatarVideoTrack(session, config.video_delay_ms)
-        self.audio = AvatarAudioTrack(session)
+        self.character = character
+        self.owner = owner
+        self.audio: MediaStreamTrack
+        self.video: AvatarVideoTrack | FeedTrack
+        self.audio, self.video = tracks or (
+            AvatarAudioTrack(session),
+            AvatarVideoTrack(session, config.video_delay_ms),
+        )
 
     async def answer(self, sdp: str, kind: str) -> RTCSessionDescription:
         """Apply the client's offer and produce the answer.
@@ -124,8 +143,9 @@ class PeerSession:
         await pc.setLocalDescription(answer)
         install_vp8_encoder(pc)
         block = self.session.spec.sample_rate * AUDIO_BLOCK_MS // 1000
+        c = self.character
         tune_audio_jitter(
-            pc, self._jitter, on_drop=lambda n: self.session.ingest.count_dropped(n * block)
+            pc, self._jitter, on_drop=lambda n: self.session.ingests[c].count_dropped(n * block)
         )
         self._tasks.spawn(self._ice_deadline())
         self._tasks.spawn(self._watchdog())
@@ -150,7 +170,7 @@ class PeerSession:
     async def _ingest(self, track: MediaStreamTrack) -> None:
         """Microphone frames (48 kHz Opus, decoded) -> the session's ingest, placed by their RTP
         timestamps so that a lost packet leaves a gap of its length instead of shifting the rest."""
-        session = self.session
+        session, c = self.session, self.character
         clock = RtpClock()
         while True:
             try:
@@ -161,7 +181,7 @@ class PeerSession:
                 continue
             self.last_audio = time.monotonic()
             pts = None if frame.pts is None else clock.unwrap(int(frame.pts))
-            session.push(session.ingest.push_frame(frame, pts))
+            session.push(session.ingests[c].push_frame(frame, pts), c)
 
     async def _ice_deadline(self) -> None:
         """An answered offer holds its slot only until its peer connects, or the deadline."""
@@ -209,7 +229,10 @@ class PeerSession:
             return
         self._closing = True
         self._tasks.cancel()
-        await self.runtime.close_session(self.session, reason)
+        if self.owner:
+            await self.runtime.close_session(self.session, reason)
+        elif not self.session.closing:
+            self.session.release_character(self.character)
         with contextlib.suppress(Exception):
             await self.pc.close()
         await self._tasks.aclose()

@@ -5,12 +5,16 @@ Three tasks per session, all owned by the :class:`SessionLink` and cancelled in 
 - the *ingest* task applies the client's requests (audio, segment_end, clear) in arrival order
   from a bounded queue, through the session's ingest (in the executor when the block is large);
 - the *pacer* task queues what the session's video pacer yields: frame ``n`` with the audio it
-  animates, at the frame's due time on the media clock;
+  animates (a scene's mix, and each character's own audio when the client asked for it), at the
+  frame's due time on the media clock;
 - the *sender* encodes queued frames (JPEG in the executor) and writes them with non-blocking
   sends. The frame queue is bounded and drops its oldest frame when full; a frame the socket
   refuses (the client's high-water mark is reached) is dropped as soon as a newer one waits.
   Both kinds of drop are counted and reported in every ``FRAME`` header, so a slow consumer costs
   frames, never server memory.
+
+Replies (``ACK``, ``ERROR``) go out in the protocol version of their request; the session's own
+messages (``FRAME``, playback events, an unsolicited ``ERROR``) in the version of its ``OPEN``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import numpy as np
 from liveface.errors import AvatarError
 from liveface.pipeline.pacer import PacedFrame
 from liveface.protocol.messages import (
+    PROTOCOL_VERSION,
     ErrorCode,
     Message,
     MsgType,
@@ -101,6 +106,8 @@ class SessionLink:
         frame_queue: most frames waiting to be sent.
         control_queue: most replies/events waiting while the client's high-water mark is reached.
         inbox: most requests waiting to be applied (beyond that the client gets ``busy``).
+        version: the protocol version of the session's ``OPEN``.
+        character_audio: frames carry each character's own audio too (version 2).
     """
 
     def __init__(
@@ -114,6 +121,8 @@ class SessionLink:
         frame_queue: int = 8,
         control_queue: int = 256,
         inbox: int = 64,
+        version: int = PROTOCOL_VERSION,
+        character_audio: bool = False,
     ) -> None:
         self.session = session
         self.id = session.id
@@ -130,7 +139,8 @@ class SessionLink:
         self._inbox: asyncio.Queue[Message] = asyncio.Queue(maxsize=max(1, inbox))
         self._wake = asyncio.Event()
         self._tasks = TaskSet(on_error=self._task_failed)
-        self._pacer = session.video_pacer(with_audio=True)
+        self.version = version
+        self._pacer = session.video_pacer(with_audio=True, with_voices=character_audio)
         self._jpeg_cache: tuple[np.ndarray | None, bytes] = (None, b"")
         self.ending = False
 
@@ -152,9 +162,12 @@ class SessionLink:
 
     # -- control messages (replies and events) -------------------------------------------------
 
-    def control(self, msg_type: MsgType, header: dict[str, Any]) -> None:
-        """Send a reply or event now, or queue it (bounded) behind earlier ones."""
-        parts = encode(msg_type, header)
+    def control(
+        self, msg_type: MsgType, header: dict[str, Any], version: int | None = None
+    ) -> None:
+        """Send a reply or event now, or queue it (bounded) behind earlier ones; ``version``
+        defaults to the session's."""
+        parts = encode(msg_type, header, version=version or self.version)
         if not self._control and self._send(parts) is not SendResult.FULL:
             return
         if len(self._control) >= self._control_limit:
@@ -171,25 +184,21 @@ class SessionLink:
             self._control.popleft()
         return True
 
-    def error(self, e: AvatarError, req: int | None) -> None:
-        self.control(
-            MsgType.ERROR, error_header(e.code, str(e), e.retryable, req=req, session=self.id)
-        )
+    def error(self, e: AvatarError, req: int | None, version: int | None = None) -> None:
+        header = error_header(e.code, str(e), e.retryable, req=req, session=self.id)
+        self.control(MsgType.ERROR, header, version)
 
     def on_event(self, event: SessionEvent) -> None:
         """The session's playback events and errors, forwarded to the client."""
         if isinstance(event, PlaybackEvent):
+            header: dict[str, Any] = {"session": self.id, "segment": event.segment}
+            if self.version >= 2:
+                header["character"] = event.character or 0
             if event.kind is PlaybackKind.STARTED:
-                self.control(
-                    MsgType.PLAYBACK_STARTED, {"session": self.id, "segment": event.segment}
-                )
+                self.control(MsgType.PLAYBACK_STARTED, header)
             else:
-                header = {
-                    "session": self.id,
-                    "segment": event.segment,
-                    "position": float(event.position),
-                    "interrupted": bool(event.interrupted),
-                }
+                header["position"] = float(event.position)
+                header["interrupted"] = bool(event.interrupted)
                 self.control(MsgType.PLAYBACK_FINISHED, header)
         elif isinstance(event, SessionError):
             self.error(event.error, None)
@@ -212,7 +221,7 @@ class SessionLink:
             try:
                 ack = await self._apply(msg)
             except AvatarError as e:
-                self.error(e, msg.req)
+                self.error(e, msg.req, msg.version)
                 continue
             except Exception:
                 log.exception("session %s: %s request failed", self.id, msg.type.name)
@@ -224,33 +233,39 @@ class SessionLink:
                         req=msg.req,
                         session=self.id,
                     ),
+                    msg.version,
                 )
                 continue
             if msg.req is not None:
                 ack["req"] = msg.req
-            self.control(MsgType.ACK, ack)
+            self.control(MsgType.ACK, ack, msg.version)
 
     async def _apply(self, msg: Message) -> dict[str, Any]:
-        session = self.session
+        session, h = self.session, msg.header
         ack: dict[str, Any] = {"session": self.id}
+        given = h.get("character")
+        c = session.check_character(0 if given is None else given)
+        if given is not None:
+            ack["character"] = c
         if msg.type is MsgType.AUDIO:
             data = bytes(msg.payloads[0])
-            h = msg.header
             args = (data, h["format"], h.get("channels", 1), h["rate"])
+            ingest = session.ingests[c]
             # A new rate designs a new filter: never on the loop; nor a large block.
-            if session.ingest.in_rate == h["rate"] and len(data) <= INLINE_AUDIO_BYTES:
-                x = session.ingest.push_pcm(*args)
+            if ingest.in_rate == h["rate"] and len(data) <= INLINE_AUDIO_BYTES:
+                x = ingest.push_pcm(*args)
             else:
                 loop = asyncio.get_running_loop()
-                x = await loop.run_in_executor(self._executor, session.ingest.push_pcm, *args)
-            accepted = session.push(x)
+                x = await loop.run_in_executor(self._executor, ingest.push_pcm, *args)
+            accepted = session.push(x, c)
             ack["accepted"] = accepted
             ack["dropped"] = int(x.shape[0]) - accepted
         elif msg.type is MsgType.SEGMENT_END:
-            ack["segment"] = session.end_segment()
+            ack["segment"] = session.end_segment(c)
         elif msg.type is MsgType.CLEAR:
-            session.clear()
-        ack["queued_s"] = session.pending_seconds()
+            session.clear(given)  # no character: everyone
+        everyone = given is None and msg.type is MsgType.CLEAR
+        ack["queued_s"] = session.pending_seconds(None if everyone else c)
         return ack
 
     # -- frames out ----------------------------------------------------------------------------
@@ -320,8 +335,10 @@ class SessionLink:
             "fresh": item.fresh,
             "dropped": self.stats.frames_dropped,
         }
-        audio = np.ascontiguousarray(item.audio, dtype="<f4")
-        return encode(MsgType.FRAME, header, image, audio)
+        audio = [np.ascontiguousarray(a, dtype="<f4") for a in (item.audio, *item.voices)]
+        if self.version >= 2:
+            header["voices"] = len(item.voices)
+        return encode(MsgType.FRAME, header, image, *audio, version=self.version)
 
     def closed_header(self, reason: CloseReason) -> dict[str, Any]:
         s = self.stats

@@ -38,6 +38,7 @@ from liveface.runtime.runtime import Runtime, SessionRequest
 from liveface.runtime.tasks import TaskSet
 from liveface.signaling.zmq_clients import ClientRecord, ClientTable, user_id
 from liveface.signaling.zmq_link import SendResult, SessionLink
+from liveface.signaling.zmq_open import characters_of, portraits, scene_of, version_of
 from liveface.signaling.zmq_options import ZmqOptions
 
 __all__ = ["DEFAULT_ADDRESS", "ZmqOptions", "ZmqServer"]
@@ -171,14 +172,21 @@ class ZmqServer:
             return SendResult.GONE
         return SendResult.SENT
 
-    def _reply(self, client: ClientRecord, msg_type: MsgType, header: dict[str, Any]) -> None:
-        self._send(client.identity, encode(msg_type, header))
+    def _reply(
+        self, client: ClientRecord, msg_type: MsgType, header: dict[str, Any], version: int
+    ) -> None:
+        self._send(client.identity, encode(msg_type, header, version=version))
 
     def _error(
-        self, client: ClientRecord, e: AvatarError, req: int | None, session: str | None = None
+        self,
+        client: ClientRecord,
+        e: AvatarError,
+        req: int | None,
+        version: int,
+        session: str | None = None,
     ) -> None:
         header = error_header(e.code, str(e), e.retryable, req=req, session=session)
-        self._reply(client, MsgType.ERROR, header)
+        self._reply(client, MsgType.ERROR, header, version)
 
     # -- receiving -----------------------------------------------------------------------------
 
@@ -200,13 +208,13 @@ class ZmqServer:
             msg = decode(frames[1:], self._limits, requests=True)
         except ProtocolError as e:
             self.runtime.metrics.zmq_bad_messages.inc()
-            self._error(client, e, e.req)
+            self._error(client, e, e.req, version_of(frames))
             return
         if msg.type is MsgType.PING:
             header: dict[str, Any] = {"sessions": sorted(client.links)}
             if msg.req is not None:
                 header["req"] = msg.req
-            self._reply(client, MsgType.PONG, header)
+            self._reply(client, MsgType.PONG, header, msg.version)
         elif msg.type is MsgType.OPEN:
             self._tasks.spawn(self._open(client, msg))
         else:
@@ -218,16 +226,16 @@ class ZmqServer:
         link = client.links.get(sid)
         if link is None or link.ending:
             err = ProtocolError(ErrorCode.UNKNOWN_SESSION, f"no session {sid} for this client")
-            self._error(client, err, msg.req, sid)
+            self._error(client, err, msg.req, msg.version, sid)
         elif msg.type is MsgType.CLOSE:
-            self._enders.spawn(self._end(link, CloseReason.CLIENT_CLOSED, msg.req))
+            self._enders.spawn(self._end(link, CloseReason.CLIENT_CLOSED, msg.req, msg.version))
         elif not link.submit(msg):
             err = ProtocolError(
                 ErrorCode.BUSY,
                 f"session {sid} has too many requests queued; wait for the acks",
                 retryable=True,
             )
-            self._error(client, err, msg.req, sid)
+            self._error(client, err, msg.req, msg.version, sid)
 
     # -- sessions ------------------------------------------------------------------------------
 
@@ -236,13 +244,13 @@ class ZmqServer:
         try:
             link = await self._open_link(client, msg)
         except AvatarError as e:
-            self._error(client, e, msg.req)
+            self._error(client, e, msg.req, msg.version)
             return
         except Exception:
             log.exception("ZeroMQ open failed")
             # The details (paths, library versions) stay in the server's log.
             err = ProtocolError(ErrorCode.INTERNAL, "open failed (an internal error, logged)")
-            self._error(client, err, msg.req)
+            self._error(client, err, msg.req, msg.version)
             return
         finally:
             client.opening -= 1
@@ -256,9 +264,11 @@ class ZmqServer:
             "format": link.format.value,
             "timeout_s": self.options.client_timeout_s,
         }
+        if msg.version >= 2:
+            header["characters"] = characters_of(link.session)
         if msg.req is not None:
             header["req"] = msg.req
-        self._reply(client, MsgType.OPENED, header)  # before the link can send any frame
+        self._reply(client, MsgType.OPENED, header, msg.version)  # before any frame
         link.start()
 
     async def _open_link(self, client: ClientRecord, msg: Message) -> SessionLink:
@@ -270,9 +280,7 @@ class ZmqServer:
                 links[0].on_event(event)
 
         request = SessionRequest(
-            bytes(msg.payloads[0]) if msg.payloads else None,
-            h.get("prompt"),
-            h.get("options") or {},
+            portraits(msg.payloads), h.get("prompt"), h.get("options") or {}, scene_of(h)
         )
         stream = rt.stream_config(live=False, max_pending_s=opts.max_queued_s)
         session = await rt.open_session(request, stream, on_event)
@@ -287,6 +295,8 @@ class ZmqServer:
             frame_queue=opts.frame_queue,
             control_queue=opts.control_queue,
             inbox=opts.inbox,
+            version=msg.version,
+            character_audio=h.get("character_audio", False),
         )
         links.append(link)
         self._clients.attach(client, link)
@@ -303,7 +313,13 @@ class ZmqServer:
         if not link.ending:
             self._enders.spawn(self._end(link, reason))
 
-    async def _end(self, link: SessionLink, reason: CloseReason, req: int | None = None) -> None:
+    async def _end(
+        self,
+        link: SessionLink,
+        reason: CloseReason,
+        req: int | None = None,
+        version: int | None = None,
+    ) -> None:
         """End a session: stop its link, close it, free its slot, send ``CLOSED``."""
         if link.ending:
             return
@@ -318,7 +334,7 @@ class ZmqServer:
             header = link.closed_header(reason)
             if req is not None:
                 header["req"] = req
-            self._reply(client, MsgType.CLOSED, header)
+            self._reply(client, MsgType.CLOSED, header, version or link.version)
 
     async def _reaper(self) -> None:
         """Ends the sessions of clients that went silent, and forgets idle clients."""

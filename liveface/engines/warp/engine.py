@@ -10,13 +10,16 @@ import numpy as np
 
 from liveface.engines.base import (
     AudioChunk,
+    Character,
     ChunkInfo,
     Engine,
     EngineSpec,
     EngineState,
+    SceneRequest,
     VideoChunk,
 )
 from liveface.engines.warp import landmarks as L
+from liveface.engines.warp import scene as S
 from liveface.engines.warp.config import SAMPLE_RATE, WarpConfig
 from liveface.engines.warp.face import align_face, default_portrait, detect_landmarks, to_rgb_uint8
 from liveface.engines.warp.idle import BlinkClock, HeadSway
@@ -143,6 +146,25 @@ class WarpEngine(Engine):
         face = align_face(image, lm, cfg.width, cfg.height, cfg.face_height, cfg.face_center_y)
         return WarpState(build_rig(face), cfg, head_motion, seed, blinks)
 
+    def open_scene(
+        self,
+        portrait: np.ndarray | None,
+        prompt: str | None,
+        options: Mapping[str, Any] | None,
+        scene: SceneRequest,
+    ) -> tuple[S.WarpScene, tuple[Character, ...]]:
+        """Several characters in one picture, each animated from its own voice (see
+        :mod:`liveface.engines.warp.scene`); the options are those of :meth:`open`.
+
+        Raises:
+            NoFaceError: fewer faces than characters, none in a box, or a face too small.
+            BadInputError: an unusable image or option, or faces too close side by side.
+        """
+        head_motion, seed, blinks = _parse_options(options or {}, self.config)
+        image = default_portrait() if portrait is None else to_rgb_uint8(portrait)
+        state = S.open_scene(image, scene, self.config, head_motion, seed, blinks)
+        return state, state.characters
+
     def generate(self, batch: Sequence[tuple[EngineState, AudioChunk]]) -> list[VideoChunk]:
         """Render each chunk of the batch in order (sessions may be mixed)."""
         if len(batch) > self._spec.max_batch:
@@ -151,6 +173,8 @@ class WarpEngine(Engine):
 
     def _generate_one(self, state: EngineState, chunk: AudioChunk) -> VideoChunk:
         t0 = time.perf_counter()
+        if isinstance(state, S.WarpScene):
+            return self._generate_scene(state, chunk, t0)
         if not isinstance(state, WarpState):
             raise TypeError(f"warp engine got a {type(state).__name__}, not a WarpState")
         if state.closed:
@@ -182,8 +206,25 @@ class WarpEngine(Engine):
             info=ChunkInfo(engine_ms=(time.perf_counter() - t0) * 1000.0),
         )
 
+    def _generate_scene(self, state: S.WarpScene, chunk: AudioChunk, t0: float) -> VideoChunk:
+        spec = self._spec
+        frames = np.empty((max(0, chunk.num_frames), spec.height, spec.width, 3), np.uint8)
+        S.render_chunk(state, chunk, spec, frames)
+        return VideoChunk(
+            frames=frames,
+            first_frame=chunk.first_frame,
+            start=spec.frame_start(chunk.first_frame),
+            audio=_chunk_audio(chunk),
+            voiced=chunk.voiced,
+            epoch=chunk.epoch,
+            info=ChunkInfo(engine_ms=(time.perf_counter() - t0) * 1000.0),
+        )
+
     def describe(self, state: EngineState) -> dict[str, Any]:
-        """``{"mouth_box": [x0, y0, x1, y1]}`` as fractions of the frame (where the mouth moves)."""
+        """``{"mouth_box": [x0, y0, x1, y1]}`` as fractions of the frame (where the mouth moves);
+        a scene: ``{"characters": [{"id", "box", "mouth_box"}, ...]}``."""
+        if isinstance(state, S.WarpScene):
+            return S.describe(state)
         assert isinstance(state, WarpState)
         y0, y1, x0, x1 = state.mouth_box
         w, h = self._spec.width, self._spec.height
@@ -193,6 +234,8 @@ class WarpEngine(Engine):
         """Forget the in-flight speech: the mouth restarts from rest; blinks and sway go on."""
         if isinstance(state, WarpState) and not state.closed:
             state.mouth.reset()
+        elif isinstance(state, S.WarpScene) and not state.closed:
+            S.interrupt(state)
 
     def close(self, state: EngineState) -> None:
         """Drop the session's rig and buffers (idempotent)."""
@@ -200,6 +243,8 @@ class WarpEngine(Engine):
             state.closed = True
             state.rig = None
             del state.renderer, state.mouth, state.blinks, state.sway
+        elif isinstance(state, S.WarpScene):
+            S.close(state)
 
 
 def _chunk_audio(chunk: AudioChunk) -> np.ndarray:

@@ -6,6 +6,7 @@ const ui = {
   video: $("avatar"), overlay: $("overlay"), start: $("start"), stop: $("stop"),
   voice: $("voice"), portrait: $("portrait"), state: $("state"), fps: $("fps"),
   latency: $("latency"), engine: $("engine"), repeated: $("repeated"), error: $("error"),
+  join: $("join"),
 };
 
 // Shared with tests and embedding pages: the live connection and what the server reported.
@@ -35,10 +36,30 @@ function waitIceGathering(pc) {
 
 // An access token, when the server asks for one, comes in the page's address: ...?token=XYZ
 // (or #token=XYZ, which is never sent to a server or kept in logs).
+function pageParams() {
+  return new URLSearchParams(location.hash.slice(1) || location.search);
+}
+
 function authHeaders() {
-  const params = new URLSearchParams(location.hash.slice(1) || location.search);
-  const token = params.get("token");
+  const token = pageParams().get("token");
   return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+// Scenes with several characters: ...#characters=2 opens one (faces found left to right), and the
+// answer's join token makes a link for the next person: ...#join=TOKEN drives the next character.
+function sceneFields() {
+  const params = pageParams();
+  if (params.get("join")) return { join: params.get("join") };
+  const count = Number(params.get("characters") || 0);
+  return count > 1 ? { characters: count } : {};
+}
+
+function showJoinLink(answer) {
+  if (!answer.join_token) return;
+  const params = pageParams();
+  params.delete("characters");
+  params.set("join", answer.join_token);
+  ui.join.textContent = `You are character ${answer.character}. Others join at ${location.origin}${location.pathname}#${params}`;
 }
 
 async function iceServers() {
@@ -79,9 +100,9 @@ async function start() {
     };
     await pc.setLocalDescription(await pc.createOffer());
     await waitIceGathering(pc);
-    const body = { sdp: pc.localDescription.sdp, type: pc.localDescription.type };
+    const body = { sdp: pc.localDescription.sdp, type: pc.localDescription.type, ...sceneFields() };
     const file = ui.portrait.files[0];
-    if (file) body.portrait = await readFile(file);
+    if (file && !body.join) body.portrait = await readFile(file);
     const res = await fetch("offer", {
       method: "POST",
       headers: { "Content-Type": "application/json", ...authHeaders() },
@@ -91,6 +112,7 @@ async function start() {
     if (!res.ok) throw new Error(answer.error ? answer.error.message : res.statusText);
     liveface.answer = answer;
     liveface.session = answer.session;
+    showJoinLink(answer);
     await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
     ui.overlay.textContent = "";
     ui.stop.disabled = false;
@@ -110,6 +132,7 @@ function stop(message) {
   ui.stop.disabled = true;
   ui.overlay.textContent = message ? "" : "Stopped.";
   ui.error.textContent = message || "";
+  ui.join.textContent = "";
   setState("idle");
 }
 
