@@ -163,7 +163,8 @@ class ProcessEngine(Engine):
     def _request(self, op: str, *args: Any) -> Any:
         """Send one request and wait for its reply (the caller holds the lock)."""
         if not self.alive or self._conn is None:
-            raise EngineError(f"{self.label} is not running")
+            self._stop()  # a child that died between calls: free what it left behind
+            raise EngineError(f"{self.label} is not running; its sessions end")
         try:
             self._conn.send((op, args))
         except (OSError, EOFError) as e:
