@@ -113,9 +113,13 @@ def test_rounded_rope_and_cross_attention_input_match_their_numerics(monkeypatch
     assert (strong_flow(CausalS2V(dit)).flatten() - want).abs().max() < 2e-5 * scale
     plain = strong_flow(CausalS2V(dit, cross_attn_round=None)).flatten()
     assert (plain - want).abs().max() > 1e-4 * scale
-    monkeypatch.setattr(
-        causal_module, "half_rotary", lambda p, d, theta: rotary_tables(p, d, theta)
-    )
+
+    def exact(coords: torch.Tensor, dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+        inv = 1.0 / torch.pow(theta, torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+        angle = coords.double()[..., None] * inv
+        return angle.cos().float(), angle.sin().float()
+
+    monkeypatch.setattr(causal_module, "axis_rotary", exact)
     assert (strong_flow(CausalS2V(dit)).flatten() - want).abs().max() > 1e-4 * scale
 
 
@@ -132,11 +136,23 @@ def test_the_rolling_cache_writes_in_a_ring_and_attends_to_what_is_written() -> 
 
 def test_sink_positions_move_the_reference_only() -> None:
     pos = torch.tensor([[30.0, 0, 0], [30.0, 0, 1], [-1.0, 0, 0], [-19.0, 0, 0]])
-    sink = SinkCache(torch.zeros(1, 1, 1, 4, 2), torch.zeros(1, 1, 1, 4, 2), pos, 2)
+    z = torch.zeros(1, 1, 1, 2, 2)
+    sink = SinkCache(z, z, torch.zeros(1, 1, 1, 4, 2), pos)
     assert torch.equal(sink.rolled_positions(0, 30, 30), pos)  # max(0, 0 - 30 + 30) = 0
     moved = sink.rolled_positions(27, 16, 30)  # 30 + (27 - 30 + 16)
     assert moved[:2, 0].tolist() == [43.0, 43.0]
     assert torch.equal(moved[2:], pos[2:])
+
+
+def test_grid_tables_equal_the_tables_of_the_grid_positions(causal: CausalS2V) -> None:
+    frames = torch.tensor([[27.0, 28.0, 29.0], [-3.0, 0.0, 5.0]], dtype=torch.float64)
+    got = causal.grid_tables(frames, 4, 3)
+    for j in range(2):
+        axes = (frames[j], torch.arange(4.0).double(), torch.arange(3.0).double())
+        grid = torch.meshgrid(*axes, indexing="ij")
+        want = half_rotary(torch.stack(grid, -1).reshape(-1, 3), 12)
+        assert torch.equal(got.cos[j], want.cos[0])
+        assert torch.equal(got.sin[j], want.sin[0])
 
 
 def test_half_rotary_rounds_the_table_to_float16() -> None:

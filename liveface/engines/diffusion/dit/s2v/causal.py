@@ -38,7 +38,6 @@ from liveface.engines.diffusion.dit.s2v.causal_cache import CausalLayout, Rollin
 from liveface.engines.diffusion.dit.s2v.frame_packer import (
     REFERENCE_FRAME,
     motion_positions,
-    noisy_positions,
     reference_positions,
 )
 from liveface.engines.diffusion.dit.s2v.model import MOTION, NOISY, REFERENCE, WanS2VDiT
@@ -49,19 +48,25 @@ from liveface.engines.diffusion.dit.tokens import TextContext, TokenGrid, expand
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def axis_rotary(
+    coords: torch.Tensor, dim: int, theta: float = 10000.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosines and sines ``(..., dim // 2)`` of one RoPE axis at ``coords``, rounded to float16
+    once from float64 (LiveAvatar's table is ``complex32``), returned as float32."""
+    # 1 / theta ** (2k / dim), in the order their rope_params computes it.
+    inv = 1.0 / torch.pow(theta, torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    angle = coords.to(torch.float64)[..., None] * inv.to(coords.device)
+    return angle.cos().half().float(), angle.sin().half().float()
+
+
 def half_rotary(positions: torch.Tensor, head_dim: int, theta: float = 10000.0) -> RotaryTables:
-    """RoPE tables of ``positions`` ``(tokens, 3)`` or ``(batch, tokens, 3)`` with cosines and
-    sines rounded to float16 once from float64, as LiveAvatar's ``complex32`` table holds them."""
-    pos = positions.to(torch.float64)
-    if pos.dim() == 2:
-        pos = pos.unsqueeze(0)
-    angles = []
-    for axis, dim in enumerate(rope_axis_dims(head_dim)):
-        # 1 / theta ** (2k / dim), in the order their rope_params computes it.
-        inv = 1.0 / torch.pow(theta, torch.arange(0, dim, 2, dtype=torch.float64) / dim)
-        angles.append(pos[..., axis, None] * inv.to(pos.device))
-    angle = torch.cat(angles, dim=-1).unsqueeze(2)
-    return RotaryTables(cos=angle.cos().half().float(), sin=angle.sin().half().float())
+    """RoPE tables of ``positions`` ``(tokens, 3)`` or ``(batch, tokens, 3)`` from
+    :func:`axis_rotary` (every channel depends on one axis only)."""
+    pos = positions if positions.dim() == 3 else positions.unsqueeze(0)
+    parts = [axis_rotary(pos[..., a], d, theta) for a, d in enumerate(rope_axis_dims(head_dim))]
+    cos = torch.cat([c for c, _ in parts], dim=-1).unsqueeze(2)
+    sin = torch.cat([s for _, s in parts], dim=-1).unsqueeze(2)
+    return RotaryTables(cos=cos, sin=sin)
 
 
 class CausalS2V:
@@ -85,6 +90,9 @@ class CausalS2V:
         self.block_frames = block_frames
         self.clip_frames = clip_frames
         self.cross_attn_round = cross_attn_round
+        # Rows and columns of the token grid never move: their RoPE parts are made once.
+        self._axes: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._mods: dict[float, Modulation] = {}
 
     @property
     def device(self) -> torch.device:
@@ -110,8 +118,51 @@ class CausalS2V:
 
     def _tables(self, positions: torch.Tensor) -> RotaryTables:
         c = self.dit.config
-        t = half_rotary(positions, c.head_dim, c.rope_theta)
-        return RotaryTables(cos=t.cos.to(self.device), sin=t.sin.to(self.device))
+        return half_rotary(positions.to(self.device), c.head_dim, c.rope_theta)
+
+    def modulation(self, timesteps: torch.Tensor) -> Modulation:
+        """The modulation of ``(batch,)`` timesteps (one segment each); the few distinct
+        timesteps of the schedule are embedded once and reused."""
+        rows = []
+        for t in timesteps.float().tolist():
+            if t not in self._mods:
+                one = torch.tensor([[t]], dtype=torch.float32, device=self.device)
+                self._mods[t] = self.dit.embed_timesteps(one)
+            rows.append(self._mods[t])
+        if len(rows) == 1:
+            return rows[0]
+        return Modulation(
+            torch.cat([m.embedding for m in rows]), torch.cat([m.projected for m in rows])
+        )
+
+    def _axis(self, axis: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached tables of grid positions ``0 .. count - 1`` on axis 1 (rows) or 2 (columns)."""
+        if (axis, count) not in self._axes:
+            c = self.dit.config
+            coords = torch.arange(count, dtype=torch.float64, device=self.device)
+            dim = rope_axis_dims(c.head_dim)[axis]
+            self._axes[(axis, count)] = axis_rotary(coords, dim, c.rope_theta)
+        return self._axes[(axis, count)]
+
+    def grid_tables(self, frames: torch.Tensor, rows: int, cols: int) -> RotaryTables:
+        """Tables of full token grids at ``frames`` ``(batch, frames_per_grid)`` (float64 frame
+        positions): equal to :func:`half_rotary` of the grid positions, without recomputing the
+        rows and columns. Returns ``(batch, frames * rows * cols, 1, head_dim // 2)`` tables."""
+        c = self.dit.config
+        b, f = frames.shape
+        fc, fs = axis_rotary(frames.to(self.device), rope_axis_dims(c.head_dim)[0], c.rope_theta)
+        (rc, rs), (cc, cs) = self._axis(1, rows), self._axis(2, cols)
+        shape = (b, f, rows, cols)
+
+        def grid(fp: torch.Tensor, rp: torch.Tensor, cp: torch.Tensor) -> torch.Tensor:
+            parts = (
+                fp[:, :, None, None].expand(*shape, -1),
+                rp[None, None, :, None].expand(*shape, -1),
+                cp[None, None, None, :].expand(*shape, -1),
+            )
+            return torch.cat(parts, dim=-1).reshape(b, f * rows * cols, 1, -1)
+
+        return RotaryTables(cos=grid(fc, rc, cc), sin=grid(fs, rs, cs))
 
     # -- one DiT block -----------------------------------------------------------------------------
     def _layer(
@@ -181,21 +232,24 @@ class CausalS2V:
         rope = self._tables(positions)
         mod = dit.embed_timesteps(torch.zeros(1, 1, device=self.device))
         texts = self._text(text, 1)
-        keys: list[torch.Tensor] = []
+        n = lay.per_frame  # reference tokens
+        ref_keys: list[torch.Tensor] = []
+        motion_keys: list[torch.Tensor] = []
         values: list[torch.Tensor] = []
 
         def attend(
             i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_raw: torch.Tensor
         ) -> torch.Tensor:
-            keys.append(k_raw)
+            ref_keys.append(k_raw[:, :, :n])
+            motion_keys.append(k[:, :, n:])  # rotated at positions that never move
             values.append(v)
             return F.scaled_dot_product_attention(q, k, v)
 
         for i in range(len(dit.blocks)):
             x = self._layer(i, x, mod, rope, texts[i], attend)
         return SinkCache(
-            k=torch.stack(keys), v=torch.stack(values), positions=positions,
-            reference_tokens=lay.per_frame,
+            reference_k=torch.stack(ref_keys), motion_k=torch.stack(motion_keys),
+            v=torch.stack(values), positions=positions,
         )  # fmt: skip
 
     def _embed(self, latents: torch.Tensor) -> torch.Tensor:
@@ -247,20 +301,24 @@ class CausalS2V:
         bias = cast(torch.Tensor, dit.cond_encoder.bias).float() if dit.s2v.cond_dim else 0.0
         x = self._embed(latents) + (bias + self._mask(NOISY))
         starts = [n * lay.block_frames for n in blocks]
-        base = noisy_positions(f, lay.rows, lay.cols)
-        pos = torch.stack([base + torch.tensor([s, 0.0, 0.0], dtype=base.dtype) for s in starts])
-        rope = self._tables(pos)
-        sink_ropes = [
-            self._tables(s.rolled_positions(start, off, REFERENCE_FRAME))
-            for s, start, off in zip(sinks, starts, offsets, strict=True)
+        frames = torch.tensor(starts, dtype=torch.float64)[:, None] + torch.arange(f)
+        rope = self.grid_tables(frames, lay.rows, lay.cols)
+        ref_frames = [
+            float(SinkCache.reference_frame(start, off, REFERENCE_FRAME))
+            for start, off in zip(starts, offsets, strict=True)
         ]
-        mod = dit.embed_timesteps(timesteps.float().reshape(b, 1).to(self.device))
-        text_kv = [self._text(t, 1) for t in texts]
+        ref_ropes = self.grid_tables(torch.tensor(ref_frames, dtype=torch.float64)[:, None],
+                                     lay.rows, lay.cols)  # fmt: skip
+        mod = self.modulation(timesteps)
         layers = range(len(dit.blocks))
-        texts_by_layer = [
-            KeyValue(torch.cat([t[i].k for t in text_kv]), torch.cat([t[i].v for t in text_kv]))
-            for i in layers
-        ]
+        if b == 1:
+            texts_by_layer = self._text(texts[0], 1)
+        else:
+            text_kv = [self._text(t, 1) for t in texts]
+            texts_by_layer = [
+                KeyValue(torch.cat([t[i].k for t in text_kv]), torch.cat([t[i].v for t in text_kv]))
+                for i in layers
+            ]
 
         def attend(
             i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, _: torch.Tensor
@@ -269,9 +327,10 @@ class CausalS2V:
             for j in range(b):
                 cache, sink = caches[j], sinks[j]
                 active = cache.write(i, blocks[j], k[j : j + 1], v[j : j + 1])
-                sk = sink.k[i].transpose(1, 2)  # (1, tokens, heads, head_dim) for the rotation
-                sk = apply_rotary(sk, sink_ropes[j]).transpose(1, 2).to(k.dtype)
-                keys = torch.cat([cache.k[i, :, :, :active], sk], dim=2)
+                tables = RotaryTables(ref_ropes.cos[j : j + 1], ref_ropes.sin[j : j + 1])
+                rk = sink.reference_k[i].transpose(1, 2)  # (1, tokens, heads, head_dim)
+                rk = apply_rotary(rk, tables).transpose(1, 2).to(k.dtype)
+                keys = torch.cat([cache.k[i, :, :, :active], rk, sink.motion_k[i]], dim=2)
                 vals = torch.cat([cache.v[i, :, :, :active], sink.v[i]], dim=2)
                 outs.append(F.scaled_dot_product_attention(q[j : j + 1], keys, vals))
             return outs[0] if b == 1 else torch.cat(outs)

@@ -116,32 +116,44 @@ class RollingCache:
 class SinkCache:
     """The reference and motion tokens' keys and values for every DiT block, at t = 0.
 
+    The reference's keys are kept without RoPE and rotated at every call to where the stream has
+    moved it. The motion tokens' positions never move, so their keys are rotated once at prefill
+    (the very rotation each call would apply) and kept so.
+
     Attributes:
-        k: ``(layers, 1, heads, tokens, head_dim)`` keys *before* RoPE.
-        v: ``(layers, 1, heads, tokens, head_dim)`` values.
+        reference_k: ``(layers, 1, heads, reference_tokens, head_dim)`` keys *before* RoPE.
+        motion_k: ``(layers, 1, heads, motion_tokens, head_dim)`` keys with RoPE applied.
+        v: ``(layers, 1, heads, reference_tokens + motion_tokens, head_dim)`` values.
         positions: float64 ``(tokens, 3)`` RoPE positions as prefilled (reference first).
-        reference_tokens: how many of the tokens are the reference's (their frame position moves
-            with the stream; the motion tokens' stays).
     """
 
-    k: torch.Tensor
+    reference_k: torch.Tensor
+    motion_k: torch.Tensor
     v: torch.Tensor
     positions: torch.Tensor
-    reference_tokens: int
+
+    @property
+    def reference_tokens(self) -> int:
+        return self.reference_k.shape[3]
 
     @property
     def tokens(self) -> int:
-        return self.k.shape[3]
+        return self.v.shape[3]
 
     def nbytes(self) -> int:
-        return self.k.numel() * self.k.element_size() * 2 + self.positions.numel() * 8
+        parts = (self.reference_k, self.motion_k, self.v)
+        return sum(t.numel() * t.element_size() for t in parts) + self.positions.numel() * 8
+
+    @staticmethod
+    def reference_frame(frame: int, offset: int, reference_frame: int) -> int:
+        """RoPE frame of the reference for a block starting at latent frame ``frame`` with the
+        drawn ``offset``: ``reference_frame + max(0, frame - reference_frame + offset)``."""
+        return reference_frame + max(0, frame - reference_frame + offset)
 
     def rolled_positions(self, frame: int, offset: int, reference_frame: int) -> torch.Tensor:
-        """Positions for a block starting at latent frame ``frame`` with the drawn ``offset``:
-        the reference sits at ``reference_frame + max(0, frame - reference_frame + offset)``."""
-        shift = max(0, frame - reference_frame + offset)
+        """All sink positions for such a block (the motion tokens' do not move)."""
         pos = self.positions.clone()
-        pos[: self.reference_tokens, 0] += shift
+        pos[: self.reference_tokens, 0] = self.reference_frame(frame, offset, reference_frame)
         return pos
 
 
