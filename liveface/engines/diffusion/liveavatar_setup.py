@@ -43,13 +43,17 @@ class CheckpointSource:
     lora: str
     dtype: str | None = None
     fp8: bool = False
+    compile: bool = True
 
     def build(self, device: torch.device) -> CausalS2V:
         dtype = None if self.dtype is None else getattr(torch, self.dtype)
         dit = load_liveavatar_dit(
             locate(self.root), Path(self.lora), device=device, dtype=dtype, fp8=self.fp8
         )
-        return CausalS2V(dit)
+        causal = CausalS2V(dit)
+        if self.compile:
+            causal.functions.compile(device)  # CUDA only; eager elsewhere
+        return causal
 
 
 def create_liveavatar_engines(
@@ -66,6 +70,8 @@ def create_liveavatar_engines(
     dtype: str | torch.dtype | None = None,
     max_batch: int = 4,
     threads: int | None = None,
+    lanes: int | None = None,
+    compile: bool = True,
 ) -> list[Engine]:
     """LiveAvatar engines for an S2V folder and its LoRA (see the module docstring).
 
@@ -74,7 +80,10 @@ def create_liveavatar_engines(
         CheckpointError: a damaged file, or a LoRA that does not fit (keys named).
         EngineError: pipeline ranks that could not start.
 
-    ``threads`` sets the CPU threads of each rank.
+    ``threads`` sets the CPU threads of each rank. ``lanes`` (without ranks): engines sharing
+    the one-device DiT; default 2 on CUDA (decode overlaps denoising), 1 on the CPU.
+    ``compile``: compile the blocks' dense parts on CUDA (the CPU runs eagerly); the DiT warms
+    up with one block before serving on CUDA.
     """
     files, lora_path = locate_liveavatar(checkpoint, lora)
     parts = load_liveavatar_parts(files, device=device, dtype=dtype)
@@ -84,13 +93,19 @@ def create_liveavatar_engines(
         sampling=sampling,
     )  # fmt: skip
     denoiser: BlockDenoiser
-    if ranks <= 0:
-        dit = load_liveavatar_dit(files, lora_path, device=device, dtype=dtype, fp8=fp8)
-        denoiser = LocalDenoiser(StepRunner(CausalS2V(dit), sampling, range(sampling.steps)))
-        return [LiveAvatarEngine(parts, denoiser, config)]
+    latent = (height // 8, width // 8)
     name = dtype if isinstance(dtype, str) or dtype is None else str(dtype).removeprefix("torch.")
-    source = CheckpointSource(str(files.root), str(lora_path), name, fp8)
-    layout = PipelineConfig(ranks=ranks, launcher=launcher, threads=threads)
+    source = CheckpointSource(str(files.root), str(lora_path), name, fp8, compile)
+    if ranks <= 0:
+        causal = source.build(parts.device)
+        runner = StepRunner(causal, sampling, range(sampling.steps))
+        if causal.functions.steps or parts.device.type == "cuda":
+            runner.warm_up(*latent)
+        denoiser = LocalDenoiser(runner)
+        if lanes is None:
+            lanes = 2 if parts.device.type == "cuda" else 1
+        return [LiveAvatarEngine(parts, denoiser, config) for _ in range(max(1, lanes))]
+    layout = PipelineConfig(ranks=ranks, launcher=launcher, threads=threads, warm_up=latent)
     pipeline = PipelineDenoiser(source, sampling, layout)
     log.info("LiveAvatar pipeline of %d ranks started (%s)", ranks, launcher)
     return [LiveAvatarEngine(parts, pipeline, config) for _ in range(ranks)]

@@ -1,9 +1,8 @@
-"""Shared by the LiveAvatar engine and pipeline tests: a tiny S2V folder with a LoRA file, chunks
-cut as the session pipeline cuts them, and a model source for pipeline ranks."""
+"""Shared by the LiveAvatar engine and pipeline tests: a tiny S2V folder with a LoRA file, and
+chunks cut as the session pipeline cuts them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,6 @@ from s2v_checkpoint import write_s2v_checkpoint
 from liveface.engines.base import AudioChunk, EngineSpec
 from liveface.engines.diffusion.checkpoint.lora import LIVEAVATAR_LORA, is_target
 from liveface.engines.diffusion.checkpoint.s2v import load_s2v_dit
-from liveface.engines.diffusion.dit.s2v.model import WanS2VDiT
 
 SIZE = 64
 RANK = 128  # LiveAvatar's; the tiny model's layers are narrower, which LoRA does not mind
@@ -59,28 +57,3 @@ def chunks(spec: EngineSpec, audio: np.ndarray, count: int) -> list[AudioChunk]:
         out.append(AudioChunk(i, first, n, start, end, window, spec.left_context, True))
         first += n
     return out
-
-
-@dataclass(frozen=True)
-class MicroSource:
-    """A rank's model for the pipeline's tests: the tiny folder's DiT with its LoRA (exactly
-    what ``CheckpointSource`` loads), kept to one CPU thread per rank."""
-
-    root: str
-
-    def build(self, device: torch.device):
-        from liveface.engines.diffusion.liveavatar_setup import CheckpointSource
-
-        return CheckpointSource(self.root, str(Path(self.root) / "liveavatar.safetensors")).build(
-            device
-        )
-
-
-def merged_dit(root: Path) -> WanS2VDiT:
-    from liveface.engines.diffusion.liveavatar_setup import CheckpointSource
-
-    return (
-        CheckpointSource(str(root), str(root / "liveavatar.safetensors"))
-        .build(torch.device("cpu"))
-        .dit
-    )

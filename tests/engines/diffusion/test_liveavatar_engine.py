@@ -65,15 +65,14 @@ def test_a_chunk_is_a_block_and_the_first_one_drops_three_frames(engine) -> None
 def test_output_is_causal_and_reproducible(engine) -> None:
     """A block does not change when audio past its end (and the declared lookahead) changes;
     the same seed gives the same video."""
-    audio = speech(2.5)
+    audio = speech(2.0)
     other = audio.copy()
-    later = engine.spec.frame_start(21) + engine.spec.lookahead  # past the second chunk's reach
-    other[later:] = speech(2.5, phase=1.3)[later:]
-    a = frames(engine, audio, 3, seed=5)
-    b = frames(engine, other, 3, seed=5)
+    later = engine.spec.frame_start(9) + engine.spec.lookahead  # past the first chunk's reach
+    other[later:] = speech(2.0, phase=1.3)[later:]
+    a = frames(engine, audio, 2, seed=5)
+    b = frames(engine, other, 2, seed=5)
     assert np.array_equal(a[0], b[0])
-    assert np.array_equal(a[1], b[1])
-    assert not np.array_equal(a[2], b[2])
+    assert not np.array_equal(a[1], b[1])
     c = frames(engine, audio, 1, seed=6)
     assert not np.array_equal(a[0], c[0])
 

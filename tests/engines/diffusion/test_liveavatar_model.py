@@ -16,6 +16,7 @@ import pytest
 import torch
 from s2v_pattern import fill_pattern, wave
 
+from liveface.engines.diffusion.backends.compiled import CompileConfig
 from liveface.engines.diffusion.dit.audio_injection import AudioTokens
 from liveface.engines.diffusion.dit.rope import rotary_tables
 from liveface.engines.diffusion.dit.s2v import causal as causal_module
@@ -184,3 +185,28 @@ def test_cache_memory_is_constant_over_ten_thousand_blocks(causal: CausalS2V) ->
         assert torch.isfinite(flow).all()
     assert (cache.k.data_ptr(), cache.v.data_ptr(), cache.nbytes(), sink.nbytes()) == pointers
     assert cache.blocks == 10_000
+
+
+@torch.no_grad()
+def test_compiled_block_halves_give_the_eager_results(causal: CausalS2V) -> None:
+    """The compile path, traced by dynamo with the eager backend (inductor's C++ build is too
+    slow for a CPU test); without ``cpu=True`` nothing is compiled on the CPU."""
+    plain = CausalS2V(causal.dit)
+    assert plain.functions.compile(torch.device("cpu")) is not None
+    assert not plain.functions.steps
+    compiled = CausalS2V(causal.dit)
+    config = CompileConfig(mode="default", backend="eager", warmup_runs=1, allow_new_shapes=True)
+    assert compiled.functions.compile(torch.device("cpu"), config, cpu=True) is None
+    outs = []
+    for c in (plain, compiled):
+        text = c.dit.prepare_context([wave((5, 24), 0.41)])
+        sink = c.prefill_sink(
+            wave((1, 16, 1, H, W), 0.23, 1.0), wave((1, 16, 19, H, W), 0.11, 2.0), text
+        )
+        cache = c.new_cache(c.layout(H, W))
+        tokens = AudioTokens(c.dit.clip_audio(wave((1, 25, 20, 12), 0.29, 0.5)).tokens)
+        x = wave((1, 16, 3, H, W), 0.3)
+        t = torch.tensor([857.0])
+        outs.append([c.step(x, t, [text], tokens, [cache], [sink], [n], [9]) for n in range(2)])
+    assert compiled.functions.compiled
+    assert all(torch.equal(a, b) for a, b in zip(*outs, strict=True))

@@ -46,6 +46,8 @@ class PipelineConfig:
             else the CPU.
         threads: CPU threads per rank (None: torch's default).
         start_timeout_s: how long the ranks may take to start and load.
+        warm_up: latent ``(height, width)`` of a block each rank runs once before it reports
+            ready (compiles, allocates); None: no warm-up.
     """
 
     ranks: int = 4
@@ -53,6 +55,7 @@ class PipelineConfig:
     devices: tuple[str, ...] | None = None
     threads: int | None = None
     start_timeout_s: float = 900.0
+    warm_up: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.ranks < 1 or self.launcher not in LAUNCHERS:
@@ -112,7 +115,7 @@ class PipelineGroup:
         for r, conn in conns.items():
             conn.send(
                 RankSetup(source, sampling, self.steps[r], config.ranks, config.device(r), master,
-                          config.threads)
+                          config.threads, config.warm_up)
             )  # fmt: skip
         for r, conn in conns.items():
             self._ready(r, conn, config.start_timeout_s)

@@ -62,6 +62,7 @@ class RankSetup:
         master: the rendezvous ``(address, port)`` when the server launched the rank itself
             (torchrun gives its own).
         threads: CPU threads of this rank (None: torch's default).
+        warm_up: latent ``(height, width)`` of a throw-away block run before reporting ready.
     """
 
     source: ModelSource
@@ -71,6 +72,7 @@ class RankSetup:
     device: str
     master: tuple[str, int] | None = None
     threads: int | None = None
+    warm_up: tuple[int, int] | None = None
 
 
 def _watch_server(conn: Connection) -> None:
@@ -110,6 +112,8 @@ def serve(conn: Connection, setup: RankSetup, rank: int) -> None:
     if setup.threads is not None:
         torch.set_num_threads(setup.threads)
     runner = StepRunner(setup.source.build(device), setup.sampling, setup.steps)
+    if setup.warm_up is not None and (device.type == "cuda" or runner.causal.functions.steps):
+        runner.warm_up(*setup.warm_up)
     if setup.master is not None:
         os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = setup.master[0], str(setup.master[1])
     backend = "nccl" if device.type == "cuda" else "gloo"

@@ -160,6 +160,29 @@ class StepRunner:
     def close(self, key: Hashable) -> None:
         self._sessions.pop(key, None)
 
+    @torch.no_grad()
+    def warm_up(self, latent_height: int, latent_width: int) -> None:
+        """One throw-away block through this runner's steps: compiles the compiled parts, sizes
+        the allocator and loads the kernels before the first session pays for them."""
+        c = self.causal
+        cfg, s2v = c.dit.config, c.dit.s2v
+        s = self.sampling
+        key = ("warm-up", id(self))
+        zeros = torch.zeros(1, cfg.in_dim, 1, latent_height, latent_width)
+        motion = zeros.expand(-1, -1, s2v.motion_latents, -1, -1)
+        self.open(key, torch.zeros(1, cfg.text_dim), zeros, motion)
+        try:
+            shape = (1, cfg.in_dim, s.block_frames, latent_height, latent_width)
+            features = torch.zeros(1, s2v.audio_layers, s2v.audio_dim, s.block_video_frames)
+            work = BlockWork(
+                key, 0, torch.randn(shape), features, (4,) * s.steps, step=self.steps.start
+            )
+            self.run([work])
+            if c.device.type == "cuda":
+                torch.cuda.synchronize(c.device)
+        finally:
+            self.close(key)
+
     def _session(self, key: Hashable) -> _DiTSession:
         s = self._sessions.get(key)
         if s is None:

@@ -30,10 +30,11 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 
-from liveface.engines.diffusion.dit.attention import Attention, KeyValue, compute_dtype
+from liveface.engines.diffusion.dit.attention import KeyValue, compute_dtype
 from liveface.engines.diffusion.dit.audio_injection import AudioTokens
-from liveface.engines.diffusion.dit.blocks import DiTBlock, Modulation, gated_add, modulate
+from liveface.engines.diffusion.dit.blocks import DiTBlock, Modulation
 from liveface.engines.diffusion.dit.rope import RotaryTables, apply_rotary, rope_axis_dims
+from liveface.engines.diffusion.dit.s2v.causal_block import BlockFunctions
 from liveface.engines.diffusion.dit.s2v.causal_cache import CausalLayout, RollingCache, SinkCache
 from liveface.engines.diffusion.dit.s2v.frame_packer import (
     REFERENCE_FRAME,
@@ -93,6 +94,8 @@ class CausalS2V:
         # Rows and columns of the token grid never move: their RoPE parts are made once.
         self._axes: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._mods: dict[float, Modulation] = {}
+        #: The block's two dense halves, eager or compiled (:meth:`BlockFunctions.compile`).
+        self.functions = BlockFunctions()
 
     @property
     def device(self) -> torch.device:
@@ -176,29 +179,13 @@ class CausalS2V:
     ) -> torch.Tensor:
         """Block ``index`` over the float32 residual stream ``x`` ``(batch, tokens, dim)``."""
         block = cast(DiTBlock, self.dit.blocks[index])
-        e = (block.modulation.float()[:, None] + mod.projected).unbind(dim=2)
-        h = modulate(block.norm1(x), e[0], e[1])
-        attn: Attention = block.self_attn
-        h = h.to(compute_dtype(attn.q))
-        heads = (attn.num_heads, attn.head_dim)
-        q = attn.norm_q(attn.q(h)).unflatten(-1, heads)
-        k = attn.norm_k(attn.k(h)).unflatten(-1, heads)
-        v = attn.v(h).unflatten(-1, heads)
-        qr, kr = apply_rotary(q, rope), apply_rotary(k, rope)
-        out = attend(
-            index, qr.transpose(1, 2), kr.transpose(1, 2), v.transpose(1, 2), k.transpose(1, 2)
+        f = self.functions
+        q, k, v, k_raw = f.pre(block, x, mod.projected, rope.cos, rope.sin)
+        out = attend(index, q, k, v, k_raw)
+        return cast(
+            torch.Tensor,
+            f.post(block, x, out, mod.projected, text.k, text.v, self.cross_attn_round),
         )
-        x = gated_add(x, attn.o(out.transpose(1, 2).flatten(2)), e[2])
-        x = x + block.cross_attn(self._cross_input(block, x), context=text).float()
-        h = modulate(block.norm2(x), e[3], e[4])
-        x = gated_add(x, block.ffn(h.to(compute_dtype(block.ffn[0]))), e[5])
-        return x.to(compute_dtype(block.ffn[2])).float()
-
-    def _cross_input(self, block: DiTBlock, x: torch.Tensor) -> torch.Tensor:
-        r = self.cross_attn_round
-        if r is None:
-            return block.norm3(x)
-        return block.norm3(x.to(r).float()).to(r)
 
     def _text(self, text: TextContext, b: int) -> list[KeyValue]:
         if text.kv is None:
