@@ -150,9 +150,10 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="diffusion engine checkpoint directory")
     p.add_argument(
         "--model",
-        choices=["s2v-14b", "liveface"],
+        choices=["s2v-14b", "liveavatar", "liveface"],
         help="diffusion model of --checkpoint (default: detected from its config.json)",
     )
+    p.add_argument("--lora", help="LiveAvatar's liveavatar.safetensors, if not in --checkpoint")
     p.add_argument("--fp8", action="store_true", help="FP8 weights for the diffusion DiT")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
 
@@ -172,6 +173,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="engine child processes (default: one per core for the CPU engine, 0 for diffusion)",
     )
     serve.add_argument("--delay-ms", type=int, help="output delay absorbing jitter (default 80)")
+    serve.add_argument(
+        "--pipeline-ranks",
+        type=int,
+        help="LiveAvatar: DiT pipeline processes, one denoising step run each (default 0: none)",
+    )
+    serve.add_argument(
+        "--pipeline-launcher", choices=["spawn", "torchrun"], help="how pipeline ranks start"
+    )
     serve.add_argument("--zmq", help="also serve ZeroMQ on this address, e.g. tcp://127.0.0.1:5555")
     serve.add_argument("--zmq-curve-dir", help="CURVE keys directory (see docs/zmq-protocol.md)")
     serve.add_argument("--no-http", action="store_true", help="serve ZeroMQ only")
@@ -216,7 +225,10 @@ def _config(args: argparse.Namespace) -> ServerConfig:
         lookahead_ms=args.lookahead_ms,
         checkpoint=args.checkpoint,
         model=args.model,
+        lora=args.lora,
         fp8=True if args.fp8 else None,
+        pipeline_ranks=getattr(args, "pipeline_ranks", None),
+        pipeline_launcher=getattr(args, "pipeline_launcher", None),
         log_level=args.log_level,
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),

@@ -78,7 +78,14 @@ class ServerConfig:
         zmq_curve_dir: directory with ``server.key_secret`` and ``authorized_clients/`` (CURVE).
         checkpoint: diffusion checkpoint directory.
         model: diffusion model of ``checkpoint``: ``s2v-14b`` (the official Wan2.2-S2V-14B
-            folder), ``liveface`` (a liveface.json bundle), None: detected from the folder.
+            folder), ``liveavatar`` (that folder with LiveAvatar's LoRA), ``liveface`` (a
+            liveface.json bundle), None: detected from the folder (an S2V folder holding
+            ``liveavatar.safetensors``, or given ``lora``, is LiveAvatar).
+        lora: LiveAvatar's LoRA file when it is not in the checkpoint folder.
+        pipeline_ranks: LiveAvatar's timestep-forcing pipeline: DiT processes (one per GPU);
+            0 runs the DiT in the server's process.
+        pipeline_launcher: how the ranks start: ``spawn`` (children of the server) or
+            ``torchrun``.
         fp8: store the diffusion DiT's block weights in FP8 (about half the memory).
         max_upload_mb: largest portrait upload accepted.
         audio_jitter_packets: audio packets aiortc holds before decoding (its default is 4).
@@ -117,6 +124,9 @@ class ServerConfig:
     zmq_curve_dir: str | None = None
     checkpoint: str | None = None
     model: str | None = None
+    lora: str | None = None
+    pipeline_ranks: int = 0
+    pipeline_launcher: str = "spawn"
     fp8: bool = False
     max_upload_mb: float = 10.0
     audio_jitter_packets: int = 0
@@ -165,8 +175,14 @@ class ServerConfig:
             problems.append("degrade thresholds need 0 < degrade_low < degrade_high")
         if not self.http and not self.zmq:
             problems.append("with http off, set zmq to an address, or nothing is served")
-        if self.model not in (None, "s2v-14b", "liveface"):
-            problems.append(f"model must be s2v-14b or liveface (got {self.model!r})")
+        if self.model not in (None, "s2v-14b", "liveavatar", "liveface"):
+            problems.append(f"model must be s2v-14b, liveavatar or liveface (got {self.model!r})")
+        if self.lora is not None and not Path(self.lora).is_file():
+            problems.append(f"lora {self.lora} is not a file")
+        if not 0 <= self.pipeline_ranks <= 16:
+            problems.append(f"pipeline_ranks must be 0..16 (got {self.pipeline_ranks})")
+        if self.pipeline_launcher not in ("spawn", "torchrun"):
+            problems.append("pipeline_launcher must be spawn or torchrun")
         if self.portrait is not None and not Path(self.portrait).is_file():
             problems.append(f"portrait {self.portrait} is not a file")
         if problems:

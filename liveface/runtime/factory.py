@@ -54,6 +54,9 @@ def diffusion_config(config: ServerConfig) -> DiffusionEngineConfig:
         lookahead_ms=config.lookahead_ms,
         model=config.model,
         fp8=config.fp8,
+        lora=config.lora,
+        pipeline_ranks=config.pipeline_ranks,
+        pipeline_launcher=config.pipeline_launcher,
     )
 
 
@@ -66,6 +69,10 @@ def create_engines(config: ServerConfig) -> list[Engine]:
         ConfigError: as :func:`create_engine`; EngineError when a child cannot start.
     """
     n = config.processes()
+    if n == 0 and config.engine == "diffusion":
+        from liveface.engines.diffusion.factory import create_diffusion_engines
+
+        return create_diffusion_engines(diffusion_config(config))  # LiveAvatar: one per rank
     if n == 0:
         return [create_engine(config)]
     from liveface.runtime.engine_process import ProcessEngine

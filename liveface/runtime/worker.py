@@ -220,11 +220,15 @@ class EngineWorker:
         t0 = time.perf_counter()
         try:
             results = self.engine.generate([(state, p.chunk) for p, (state, _) in items])
-        except Exception:
+        except Exception as e:
             self.metrics.engine_errors.inc()
             if len(items) == 1:
                 log.exception("engine failed on a chunk of session %s", items[0][0].session)
-                items[0][1][1].failed(EngineError("the engine failed on this session's audio"))
+                # An EngineError already says what happened (e.g. which pipeline rank died).
+                error = e if isinstance(e, EngineError) else None
+                items[0][1][1].failed(
+                    error or EngineError("the engine failed on this session's audio")
+                )
                 return
             # Find the culprit(s): run each chunk alone so one session cannot end the others.
             for item in items:
