@@ -44,8 +44,10 @@ def window(page: dict, start: float, stop: float) -> dict:
     def cut(rows: list, col: int = 0) -> list:
         return [r for r in rows if start <= r[col] < stop]
 
-    part = {**rec, "frames": cut(rec["frames"], 3), "played": cut(rec["played"]),
-            "sync": cut(rec["sync"])}  # fmt: skip
+    keep = [i for i, f in enumerate(rec["frames"]) if start <= f[3] < stop]
+    part = {**rec, "frames": [rec["frames"][i] for i in keep],
+            "patches": [rec["patches"][i] for i in keep if i < len(rec["patches"])],
+            "played": cut(rec["played"]), "sync": cut(rec["sync"])}  # fmt: skip
     return {**page, "rec": part}
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 import tempfile
 from pathlib import Path
@@ -45,11 +46,19 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--delay-ms", type=int, default=80)
     ap.add_argument("--chunk-frames", type=int, default=1)
-    ap.add_argument("--delta", type=float, default=6.0, help="mouth brightness change = open")
+    ap.add_argument(
+        "--delta",
+        type=float,
+        default=6.0,
+        help="mouth change (mean grey-level difference) that counts as moving",
+    )
+    ap.add_argument("--video-delay-ms", type=int, default=None, help="default: the server's")
     args = ap.parse_args()
     config = ServerConfig(
         width=args.size, height=args.size, delay_ms=args.delay_ms, chunk_frames=args.chunk_frames
     )
+    if args.video_delay_ms is not None:
+        config = dataclasses.replace(config, video_delay_ms=args.video_delay_ms)
     with tempfile.TemporaryDirectory() as tmp:
         wav = make_speech_wav(Path(tmp) / "mic.wav", sentences=args.sentences)
         seconds = 2.0 + args.sentences * 4.0

@@ -7,11 +7,10 @@ playout ``delay`` (plus the live input's jitter allowance) later. Wall time is r
 from sample indices.
 
 Live input arrives with network jitter. The anchor follows the earliest arrivals (a block that
-arrives earlier than the anchor predicts moves it back), and each block's lateness against it feeds
-a jitter allowance added to the playout delay: it rises at once with a late block and decays
-slowly (``jitter_decay_ms`` per second), so frames are not late when the path is jittery, and the
-delay falls back when it calms down. Moving the anchor never moves the playout: the allowance
-takes up the difference.
+arrives earlier than the anchor predicts moves it back, and the playout with it), and each block's
+lateness against it feeds a jitter allowance added to the playout delay: it rises at once with a
+late block and decays slowly (``jitter_decay_ms`` per second), so frames are not late when the
+path is jittery, and the delay falls back when it calms down.
 """
 
 from __future__ import annotations
@@ -137,9 +136,12 @@ class StreamPipeline:
         assert self.anchor is not None
         cfg = self.config
         lateness = now - self.anchor - end / self.spec.sample_rate
-        if lateness < 0:  # earlier than the anchor says: the first blocks came late
+        if lateness < 0:
+            # Earlier than the anchor says: the first blocks came late (a burst at connection
+            # time). The clock follows the faster path and the playout moves earlier with it;
+            # charging the difference to the jitter allowance would keep a start-up burst as
+            # latency for many seconds.
             self.anchor += lateness
-            self.jitter_s -= lateness  # the playout stays where it was
             lateness = 0.0
         elapsed = 0.0 if self._observed is None else now - self._observed
         decayed = self.jitter_s - cfg.jitter_decay_ms / 1000.0 * elapsed

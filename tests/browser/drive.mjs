@@ -33,7 +33,7 @@ const browser = await chromium.launch({
 // Injected into every page before its scripts run: the measurement side of the test.
 function instrument() {
   const rec = (window.__rec = {
-    mic: [], frames: [], sync: [], played: [], outputLatency: [], errors: [],
+    mic: [], frames: [], patches: [], sync: [], played: [], outputLatency: [], errors: [],
   });
   // The played audio, tapped in the audio thread: RMS of every render quantum and the context
   // time of its first sample; mapped to the page clock at the moment it leaves the output.
@@ -93,6 +93,17 @@ function instrument() {
         const px = g.getImageData(x0, y0, bw, bh).data;
         let sum = 0;
         for (let i = 0; i < px.length; i += 4) sum += px[i] + px[i + 1] + px[i + 2];
+        // The mouth as an 8x4 grid of mean grey levels: a shape change that leaves the mean
+        // brightness alone (lips parting over teeth) still shows.
+        const grid = new Array(32).fill(0), count = new Array(32).fill(0);
+        for (let y = 0; y < bh; y++) {
+          for (let x = 0; x < bw; x++) {
+            const i = (y * bw + x) * 4, c = Math.floor((y * 4) / bh) * 8 + Math.floor((x * 8) / bw);
+            grid[c] += px[i] + px[i + 1] + px[i + 2];
+            count[c] += 3;
+          }
+        }
+        rec.patches.push(grid.map((v, k) => Math.round(v / Math.max(1, count[k]))));
         rec.frames.push([meta.presentationTime, sum / (px.length / 4) / 3, meta.rtpTimestamp || 0,
                          meta.expectedDisplayTime]);
       }

@@ -85,20 +85,23 @@ class PageMeasure:
     onsets: list[float]  # speech onsets at the microphone
     offsets: list[float]  # speech ends at the microphone
     frames: np.ndarray  # (n, 2): presentation time, mouth brightness
+    patches: np.ndarray  # (n, 32): the mouth as an 8x4 grid of grey levels
     sync_ms: np.ndarray  # video minus audio estimated playout, ms
     rest: float  # mouth brightness at rest
 
     def latencies(self, delta: float) -> list[float]:
-        """Per onset: time to the first frame whose mouth differs by ``delta`` from its level in
-        the 400 ms before the onset (a local baseline: idle head motion drifts slowly)."""
+        """Per onset: time to the first frame whose mouth differs by ``delta`` grey levels (mean
+        absolute difference over an 8x4 grid of the mouth box) from the mouth in the 400 ms
+        before the onset (a local baseline: idle head motion drifts slowly)."""
         out = []
-        t, lv = self.frames[:, 0], self.frames[:, 1]
+        t = self.frames[:, 0]
         for onset in self.onsets:
-            before = lv[(t >= onset - 400) & (t < onset)]
-            if before.size == 0:
+            before = self.patches[(t >= onset - 400) & (t < onset)]
+            if before.shape[0] == 0:
                 continue
-            base = float(np.median(before))
-            moved = np.nonzero((t >= onset) & (np.abs(lv - base) > delta))[0]
+            base = np.median(before, axis=0)
+            change = np.abs(self.patches - base).mean(axis=1)
+            moved = np.nonzero((t >= onset) & (change > delta))[0]
             if moved.size and t[moved[0]] - onset < 1500:
                 out.append(float(t[moved[0]] - onset))
         return out
@@ -145,7 +148,8 @@ def analyse(page: dict) -> PageMeasure:
     before = frames[frames[:, 0] < (onsets[0] if onsets else np.inf), 1]
     rest = float(np.median(before)) if before.size else float(np.median(frames[:, 1]))
     sync = np.array([v for _, v in rec["sync"]], dtype=float)
-    return PageMeasure(onsets, offsets, frames, sync, rest)
+    patches = np.array(rec.get("patches", []), dtype=float).reshape(-1, 32)
+    return PageMeasure(onsets, offsets, frames, patches, sync, rest)
 
 
 def played_offset_ms(page: dict, max_lag_ms: float = 250.0, frame_ms: float = 40.0) -> float:
