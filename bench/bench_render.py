@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from liveface.runtime.config import ServerConfig
 from liveface.runtime.factory import create_engines
-from liveface.runtime.render import render
+from liveface.runtime.render import VideoEncoding, render
 
 
 def speech_file(path: Path, seconds: float) -> Path:
@@ -42,6 +42,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--processes", type=int, default=1, help="engine processes (0: in-process)")
+    ap.add_argument("--preset", default=VideoEncoding.preset, help="x264 preset")
+    ap.add_argument("--crf", type=int, default=VideoEncoding.crf)
     args = ap.parse_args()
     # As ``liveface render`` does: the CPU engine in a child process, the encoder here.
     config = ServerConfig(width=args.size, height=args.size, engine_processes=args.processes)
@@ -52,14 +54,15 @@ def main() -> None:
         for run in range(args.runs):
             out = Path(tmp) / f"out{run}.mp4"
             t0 = time.perf_counter()
-            frames = render(engine, audio, out)
+            frames = render(engine, audio, out, encoding=VideoEncoding(args.preset, args.crf))
             dt = time.perf_counter() - t0
             ratios.append(args.seconds / dt)
             size = out.stat().st_size / 1e6
             print(f"run {run}: {frames} frames in {dt:.1f} s = {ratios[-1]:.1f}x real time "
                   f"({frames / dt:.0f} fps), {size:.1f} MB", flush=True)  # fmt: skip
         engine.shutdown()
-    print(f"offline render {args.size}x{args.size}, {args.seconds:.0f} s of speech: median "
+    print(f"offline render {args.size}x{args.size}, {args.seconds:.0f} s of speech, x264 "
+          f"{args.preset} CRF {args.crf}: median "
           f"{statistics.median(ratios):.1f}x real time")  # fmt: skip
 
 

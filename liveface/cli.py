@@ -37,10 +37,12 @@ def _setup_logging(config: ServerConfig) -> None:
     )
 
 
-def run_render(config: ServerConfig, audio: str, out: str) -> int:
+def run_render(config: ServerConfig, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from liveface.runtime.render import render
+    from liveface.runtime.render import VideoEncoding, render
+
+    encoding = VideoEncoding(preset=args.preset, crf=args.crf)
 
     _setup_logging(config)
     # The CPU engine renders in a child process, so that it and the encoder (here) use a core
@@ -56,11 +58,13 @@ def run_render(config: ServerConfig, audio: str, out: str) -> int:
         bar.refresh()
 
     try:
-        frames = render(engine, audio, out, portrait=portrait, progress=progress)
+        frames = render(
+            engine, args.audio, args.out, portrait=portrait, progress=progress, encoding=encoding
+        )
     finally:
         bar.close()
         engine.shutdown()
-    print(f"wrote {out}: {frames} frames at {engine.spec.fps} fps")
+    print(f"wrote {args.out}: {frames} frames at {engine.spec.fps} fps")
     return 0
 
 
@@ -195,6 +199,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     _engine_args(render)
     render.add_argument("--audio", required=True, help="input audio (any format ffmpeg reads)")
     render.add_argument("--out", required=True, help="output .mp4")
+    render.add_argument(
+        "--preset",
+        default="ultrafast",
+        help="x264 preset: ultrafast (default, fastest) ... veryfast (a seventh of the bytes)",
+    )
+    render.add_argument("--crf", type=int, default=20, help="x264 quality, 0-51, lower is better")
     if not argv or argv[0] not in ("serve", "render", "-h", "--help", "--version"):
         argv = ["serve", *argv]
     return parser.parse_args(argv)
@@ -250,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = _config(args)
         if args.command == "render":
-            return run_render(config, args.audio, args.out)
+            return run_render(config, args)
         return run_server(config)
     except AvatarError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -138,28 +138,27 @@ class HeadFields:
     Attributes:
         basis: float32 ``(5, h, w, 2)`` forward displacement (dx, dy) per unit of shift x, shift y,
             roll, zoom and breath, at ``1 / FIELD_SCALE`` of the frame size.
-        grid: float32 ``(H, W, 2)`` pixel coordinates (x, y) of the frame.
+        size: ``(height, width)`` of the frame.
     """
 
     basis: np.ndarray
-    grid: np.ndarray
+    size: tuple[int, int]
 
-    def backward_map(self, pose: Pose, small: np.ndarray) -> np.ndarray:
-        """Where each output pixel samples for ``pose``, float32 ``(H, W, 2)``.
+    def backward_shift(self, pose: Pose, small: np.ndarray) -> np.ndarray:
+        """How far from itself each output pixel samples for ``pose``, float32 ``(H, W, 2)``.
 
-        ``small`` is a ``(h, w, 2)`` float32 work buffer. For few-pixel, sub-degree motion the
-        inverse is the negated forward displacement.
+        A relative map (``cv2.WARP_RELATIVE_MAP``), which spares adding the pixel grid and is
+        faster to remap. ``small`` is a ``(h, w, 2)`` float32 work buffer. For few-pixel,
+        sub-degree motion the inverse is the negated forward displacement.
         """
         amounts = (-pose.tx, -pose.ty, -pose.roll, -pose.zoom, -pose.breath)
         np.multiply(self.basis[0], np.float32(amounts[0]), out=small)
         for k in range(1, len(amounts)):
             cv2.scaleAdd(self.basis[k], float(amounts[k]), small, dst=small)
-        height, width = self.grid.shape[:2]
-        full = np.asarray(
+        height, width = self.size
+        return np.asarray(
             cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR), np.float32
         )
-        full += self.grid
-        return full
 
 
 def build_head_fields(lm: np.ndarray, face_height: float, width: int, height: int) -> HeadFields:
@@ -193,8 +192,4 @@ def build_head_fields(lm: np.ndarray, face_height: float, width: int, height: in
             np.stack([zero, -lift], axis=-1),  # breath: up
         ]
     )
-    fy, fx = np.mgrid[0:height, 0:width].astype(np.float32)
-    return HeadFields(
-        basis=np.ascontiguousarray(basis, dtype=np.float32),
-        grid=np.ascontiguousarray(np.stack([fx, fy], axis=-1)),
-    )
+    return HeadFields(basis=np.ascontiguousarray(basis, dtype=np.float32), size=(height, width))

@@ -137,12 +137,12 @@ class Renderer:
         for eye in rig.eyes:
             eye.render(rig.portrait, frame, blink)
         if pose is not None:
-            back = rig.head.backward_map(pose, self._head_small)
+            shift = rig.head.backward_shift(pose, self._head_small)
             cv2.remap(
                 frame,
-                back,
+                shift,
                 np.empty(0, np.float32),
-                cv2.INTER_LINEAR,
+                cv2.INTER_LINEAR | cv2.WARP_RELATIVE_MAP,
                 dst=out,
                 borderMode=cv2.BORDER_REPLICATE,
             )
