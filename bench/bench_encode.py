@@ -2,7 +2,10 @@
 
 Renders ``--frames`` frames of the default portrait talking (random mouth amplitudes with pauses,
 head sway), encodes them with each preset/CRF the way ``liveface render`` does, decodes the file
-and compares luma with the source (converted to yuv420p the same way).
+and compares luma with the source (converted to yuv420p the same way). First it times the
+RGB -> yuv420p conversion both ways: swscale's (what an encoder does given RGB) and
+:func:`~liveface.pipeline.videoframe.yuv420_frame` (what render and the WebRTC track hand over),
+and the WebRTC track's VP8 encoder fed either way.
 
     python bench/bench_encode.py --size 512
 """
@@ -10,6 +13,7 @@ and compares luma with the source (converted to yuv420p the same way).
 from __future__ import annotations
 
 import argparse
+import fractions
 import statistics
 import sys
 import tempfile
@@ -23,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from liveface.engines.warp.config import WarpConfig
 from liveface.engines.warp.engine import WarpEngine, WarpState
+from liveface.pipeline.videoframe import yuv420_frame
+from liveface.signaling.video_encoder import AvatarVp8Encoder
 
 SETTINGS = [("ultrafast", 20), ("ultrafast", 23), ("superfast", 23), ("veryfast", 20)]
 
@@ -55,6 +61,26 @@ def main() -> None:
     args = ap.parse_args()
     frames = talking_frames(args.size, args.frames)
     reference = [luma(f) for f in frames]
+    for name, convert in (
+        (
+            "swscale",
+            lambda f: av.VideoFrame.from_ndarray(f, format="rgb24").reformat(format="yuv420p"),
+        ),
+        ("yuv420_frame", yuv420_frame),
+    ):
+        cpu = time.process_time()
+        for f in frames:
+            convert(f)
+        cpu = (time.process_time() - cpu) / len(frames) * 1000
+        print(f"RGB -> yuv420p by {name}: {cpu:.2f} ms CPU a frame")
+        vp8 = AvatarVp8Encoder()
+        cpu = time.process_time()
+        for i, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24") if name == "swscale" else convert(f)
+            vf.pts, vf.time_base = i * 3600, fractions.Fraction(1, 90000)
+            vp8.encode(vf, force_keyframe=i == 0)
+        cpu = (time.process_time() - cpu) / len(frames) * 1000
+        print(f"  WebRTC VP8 encode, conversion included: {cpu:.2f} ms CPU a frame")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "out.mp4"
         for preset, crf in SETTINGS:
@@ -65,7 +91,7 @@ def main() -> None:
                 v.options = {"preset": preset, "crf": str(crf)}
                 cpu = time.process_time()
                 for i, f in enumerate(frames):
-                    vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+                    vf = yuv420_frame(f)
                     vf.pts = i
                     c.mux(v.encode(vf))
                 c.mux(v.encode(None))

@@ -27,6 +27,7 @@ from liveface.errors import AudioFormatError, BadInputError
 from liveface.pipeline.ingest import AudioIngest
 from liveface.pipeline.pacer import OutputSignal, PacedFrame, PaceTiming, VideoPacer
 from liveface.pipeline.stream import StreamConfig, StreamPipeline
+from liveface.pipeline.videoframe import yuv420_frame
 
 #: Frames waiting for the encoder thread (bounds memory when the encoder is the slower side).
 ENCODE_QUEUE = 64
@@ -113,7 +114,7 @@ class _Encoder:
         ended = False
         try:
             while (item := self._queue.get()) is not None:
-                vf = av.VideoFrame.from_ndarray(item.frame, format="rgb24")
+                vf = yuv420_frame(item.frame)
                 vf.pts = item.index
                 self._container.mux(self._video.encode(vf))
                 self._mux_audio(item.audio)

@@ -17,6 +17,7 @@ from av import AudioFrame, VideoFrame
 
 from liveface.pipeline.pacer import PacerStats
 from liveface.pipeline.resample import StreamingResampler
+from liveface.pipeline.videoframe import yuv420_frame
 from liveface.runtime.session import Session
 
 VIDEO_CLOCK = 90000
@@ -76,7 +77,7 @@ class AvatarVideoTrack(MediaStreamTrack):
         item = await self._pacer.next_frame(lead=lead)
         if item is None:
             raise MediaStreamError
-        vf = VideoFrame.from_ndarray(item.frame, format="rgb24")
+        vf = yuv420_frame(item.frame)
         vf.pts = (item.start + self._shift) * VIDEO_CLOCK // self._rate
         vf.time_base = self._time_base
         self.send_latency.on_return()
