@@ -136,6 +136,22 @@ class AudioChunk:
         """The chunk's own samples ``[start, end)`` taken from the window, ``(end - start,)``."""
         return self.window[self.context : self.context + (self.end - self.start)]
 
+    def read(self, begin: int, end: int) -> np.ndarray:
+        """Media-clock samples ``[begin, end)`` from the window.
+
+        Raises:
+            BadInputError: the window does not hold them (an engine asked past its context or
+                lookahead).
+        """
+        origin = self.start - self.context
+        lo, hi = begin - origin, end - origin
+        if lo < 0 or hi > self.window.shape[0]:
+            raise BadInputError(
+                f"the chunk's audio window [{origin}, {origin + self.window.shape[0]}) does not "
+                f"hold [{begin}, {end})"
+            )
+        return self.window[lo:hi]
+
 
 @dataclass
 class ChunkInfo:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -312,7 +312,7 @@ class LiveAvatarEngine(Engine):
                     f"(got {chunk.num_frames})"
                 )
             a, b = self._window(chunk.first_frame, chunk.num_frames)
-            feats = self.features.features(self.parts.speech, _reader(chunk), a, b)
+            feats = self.features.features(self.parts.speech, chunk.read, a, b)
             works.append(st.feed.next(st.key, feats))
         self.denoiser.run(works)
         out = []
@@ -359,18 +359,3 @@ class LiveAvatarEngine(Engine):
         recent = z if st.recent is None else torch.cat([st.recent, z], dim=2)
         st.recent = recent[:, :, -keep:] if keep else recent[:, :, :0]
         return decoder.decode_step(z, st.state)
-
-
-def _reader(chunk: AudioChunk) -> Callable[[int, int], np.ndarray]:
-    origin = chunk.start - chunk.context
-
-    def read(begin: int, end: int) -> np.ndarray:
-        lo, hi = begin - origin, end - origin
-        if lo < 0 or hi > chunk.window.shape[0]:
-            raise BadInputError(
-                f"the chunk's audio window [{origin}, {origin + chunk.window.shape[0]}) does not "
-                f"hold [{begin}, {end}) that LiveAvatar reads"
-            )
-        return chunk.window[lo:hi]
-
-    return read

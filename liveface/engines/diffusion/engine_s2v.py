@@ -241,7 +241,7 @@ class S2VEngine(Engine):
             s = _state(state)
             s.begin_chunk(chunk.epoch)
             a, b = self._window(chunk.first_frame, chunk.num_frames)
-            feats = self.features.features(self.bundle.speech, _reader(chunk), a, b)
+            feats = self.features.features(self.bundle.speech, chunk.read, a, b)
             steps, guidance = self.levels[self.level]
             video = self.generator.clip(
                 s.clips, feats, keep=chunk.num_frames, steps=steps, guidance=guidance
@@ -294,21 +294,6 @@ class S2VEngine(Engine):
                 audio=samples, voiced=True,
             )  # fmt: skip
             first += n
-
-
-def _reader(chunk: AudioChunk) -> Callable[[int, int], np.ndarray]:
-    origin = chunk.start - chunk.context
-
-    def read(begin: int, end: int) -> np.ndarray:
-        lo, hi = begin - origin, end - origin
-        if lo < 0 or hi > chunk.window.shape[0]:
-            raise BadInputError(
-                f"the chunk's audio window [{origin}, {origin + chunk.window.shape[0]}) does not "
-                f"hold [{begin}, {end}) that S2V reads"
-            )
-        return chunk.window[lo:hi]
-
-    return read
 
 
 def _state(state: EngineState) -> S2VState:

@@ -19,16 +19,15 @@ from pathlib import Path
 
 import torch
 
-from liveface.engines.diffusion.audio.encoder import SpeechEncoder
 from liveface.engines.diffusion.backends.fp8 import quantize_dit_linears
 from liveface.engines.diffusion.checkpoint.lora import LIVEAVATAR_LORA, load_and_merge
 from liveface.engines.diffusion.checkpoint.s2v import S2VFiles, load_s2v_dit, locate, resolve
+from liveface.engines.diffusion.checkpoint.s2v_loading import load_s2v_media
 from liveface.engines.diffusion.dit.s2v.model import WanS2VDiT
 from liveface.engines.diffusion.engine_liveavatar import LiveAvatarParts
-from liveface.engines.diffusion.text.wan_t5 import load_wan_umt5
-from liveface.engines.diffusion.vae import WanVAE, load_vae
+from liveface.engines.diffusion.vae import load_vae
 from liveface.engines.diffusion.vae.interface import StreamingDecoder
-from liveface.errors import CheckpointError, ConfigError
+from liveface.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -86,32 +85,9 @@ def load_liveavatar_parts(
 ) -> LiveAvatarParts:
     """The session side: VAE, speech encoder, text encoder (and a light decoder if present)."""
     dev, dt = resolve(device, dtype)
-    try:
-        preset = None if files.vae.suffix == ".safetensors" else "wan2.1"
-        vae = load_vae(files.vae, preset, device=dev, dtype=torch.float32)
-    except CheckpointError as e:
-        raise CheckpointError(f"{files.vae} is not the Wan2.1 VAE LiveAvatar uses ({e})") from e
-    if not isinstance(vae, WanVAE):
-        raise CheckpointError(f"{files.vae} is not a Wan VAE")
-    speech = SpeechEncoder.from_pretrained(
-        files.wav2vec2, kind="wav2vec2", dtype=torch.float32, device=dev
-    )
-    cfg = files.config
-    if speech.hidden_size != cfg.audio_dim or speech.num_hidden_states != cfg.audio_layers:
-        raise CheckpointError(
-            f"{files.wav2vec2} gives {speech.num_hidden_states} hidden states of width "
-            f"{speech.hidden_size}; the model mixes {cfg.audio_layers} of width {cfg.audio_dim}"
-        )
-    text = load_wan_umt5(
-        files.t5, files.tokenizer, dtype=dt, device=dev, max_length=cfg.dit.text_len
-    )
-    if text.model.config.d_model != cfg.dit.text_dim:
-        raise CheckpointError(
-            f"{files.t5} gives {text.model.config.d_model}-wide embeddings; the DiT takes "
-            f"{cfg.dit.text_dim}"
-        )
+    vae, speech, text = load_s2v_media(files, dev, dt)
     light = load_light_decoder(files.root, dev)
-    return LiveAvatarParts(cfg, vae, speech, text, dev, light_decoder=light)
+    return LiveAvatarParts(files.config, vae, speech, text, dev, light_decoder=light)
 
 
 def locate_liveavatar(

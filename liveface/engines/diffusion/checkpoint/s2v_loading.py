@@ -44,6 +44,43 @@ class S2VBundle:
     fp8: bool = False
 
 
+def load_s2v_media(
+    files: S2VFiles, device: torch.device, dtype: torch.dtype
+) -> tuple[WanVAE, SpeechEncoder, UMT5TextEncoder]:
+    """The parts around the DiT (shared with LiveAvatar): the Wan2.1 VAE, wav2vec2 and umT5,
+    each checked against the DiT's config.
+
+    Raises:
+        CheckpointError: a part that is not what the S2V DiT takes (named).
+    """
+    try:
+        preset = None if files.vae.suffix == ".safetensors" else "wan2.1"
+        vae = load_vae(files.vae, preset, device=device, dtype=torch.float32)
+    except CheckpointError as e:
+        raise CheckpointError(f"{files.vae} is not the Wan2.1 VAE S2V uses ({e})") from e
+    if not isinstance(vae, WanVAE):
+        raise CheckpointError(f"{files.vae} is not a Wan VAE")
+    speech = SpeechEncoder.from_pretrained(
+        files.wav2vec2, kind="wav2vec2", dtype=torch.float32, device=device
+    )
+    cfg = files.config
+    if speech.hidden_size != cfg.audio_dim or speech.num_hidden_states != cfg.audio_layers:
+        raise CheckpointError(
+            f"{files.wav2vec2} gives {speech.num_hidden_states} hidden states of width "
+            f"{speech.hidden_size}; the S2V model mixes {cfg.audio_layers} of width "
+            f"{cfg.audio_dim} (it needs wav2vec2-large-xlsr-53-english)"
+        )
+    text = load_wan_umt5(
+        files.t5, files.tokenizer, dtype=dtype, device=device, max_length=cfg.dit.text_len
+    )
+    text_dim = text.model.config.d_model
+    if text_dim != cfg.dit.text_dim:
+        raise CheckpointError(
+            f"{files.t5} gives {text_dim}-wide embeddings; the DiT takes {cfg.dit.text_dim}"
+        )
+    return vae, speech, text
+
+
 def load_s2v_bundle(
     path: str | Path | None,
     *,
@@ -67,30 +104,6 @@ def load_s2v_bundle(
     if fp8:
         count = quantize_dit_linears(dit, dev)
         log.info("FP8 weights in %d linear layers", count)
-    try:
-        preset = None if files.vae.suffix == ".safetensors" else "wan2.1"
-        vae = load_vae(files.vae, preset, device=dev, dtype=torch.float32)
-    except CheckpointError as e:
-        raise CheckpointError(f"{files.vae} is not the Wan2.1 VAE S2V uses ({e})") from e
-    if not isinstance(vae, WanVAE):
-        raise CheckpointError(f"{files.vae} is not a Wan VAE")
-    speech = SpeechEncoder.from_pretrained(
-        files.wav2vec2, kind="wav2vec2", dtype=torch.float32, device=dev
-    )
-    cfg = files.config
-    if speech.hidden_size != cfg.audio_dim or speech.num_hidden_states != cfg.audio_layers:
-        raise CheckpointError(
-            f"{files.wav2vec2} gives {speech.num_hidden_states} hidden states of width "
-            f"{speech.hidden_size}; the S2V model mixes {cfg.audio_layers} of width "
-            f"{cfg.audio_dim} (it needs wav2vec2-large-xlsr-53-english)"
-        )
-    text = load_wan_umt5(
-        files.t5, files.tokenizer, dtype=dt, device=dev, max_length=cfg.dit.text_len
-    )
-    text_dim = text.model.config.d_model
-    if text_dim != cfg.dit.text_dim:
-        raise CheckpointError(
-            f"{files.t5} gives {text_dim}-wide embeddings; the DiT takes {cfg.dit.text_dim}"
-        )
+    vae, speech, text = load_s2v_media(files, dev, dt)
     log.info("loaded S2V checkpoint %s on %s (%s%s)", files.root, dev, dt, ", fp8" if fp8 else "")
     return S2VBundle(files, dit, vae, speech, text, dev, dt, fp8)
