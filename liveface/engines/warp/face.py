@@ -123,6 +123,27 @@ def _face_boxes(rgb: np.ndarray) -> list[tuple[float, float, float, float]]:
     return [b for b in boxes if boxes and b[2] >= SECOND_FACE_RATIO * boxes[0][2]]
 
 
+def mesh_crop(
+    rgb: np.ndarray, box: tuple[float, float, float, float]
+) -> tuple[np.ndarray, tuple[float, float], float]:
+    """A square crop around a face ``box (x, y, w, h)`` for the face mesh: ``MESH_CROP_FACES``
+    face sizes wide, upscaled to at least ``MESH_CROP_MIN_SIDE`` pixels, the image's edges
+    replicated past its borders.
+
+    Returns ``(crop, (x0, y0), scale)``: a crop pixel ``p`` is ``p / scale + (x0, y0)`` in ``rgb``.
+    """
+    side = MESH_CROP_FACES * max(box[2], box[3])
+    cx, cy = box[0] + box[2] / 2, box[1] + box[3] / 2
+    x0, y0 = cx - side / 2, cy - side / 2
+    scale = max(1.0, MESH_CROP_MIN_SIDE / side)
+    out = max(MESH_CROP_MIN_SIDE, round(side * scale))
+    m = np.array([[scale, 0.0, -x0 * scale], [0.0, scale, -y0 * scale]], dtype=np.float64)
+    crop = cv2.warpAffine(
+        rgb, m, (out, out), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+    return np.asarray(crop, np.uint8), (x0, y0), scale
+
+
 def _mesh_near(rgb: np.ndarray, box: tuple[float, float, float, float] | None) -> np.ndarray | None:
     """Run the face mesh on a crop around ``box`` (or the whole image); ``(478, 2)`` or None.
 
@@ -135,15 +156,7 @@ def _mesh_near(rgb: np.ndarray, box: tuple[float, float, float, float] | None) -
     x0, y0, scale = 0.0, 0.0, 1.0
     crop = rgb
     if box is not None:
-        side = MESH_CROP_FACES * max(box[2], box[3])
-        cx, cy = box[0] + box[2] / 2, box[1] + box[3] / 2
-        x0, y0 = cx - side / 2, cy - side / 2
-        scale = max(1.0, MESH_CROP_MIN_SIDE / side)
-        out = max(MESH_CROP_MIN_SIDE, round(side * scale))
-        m = np.array([[scale, 0.0, -x0 * scale], [0.0, scale, -y0 * scale]], dtype=np.float64)
-        crop = cv2.warpAffine(
-            rgb, m, (out, out), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-        )
+        crop, (x0, y0), scale = mesh_crop(rgb, box)
     faces = face_mesh(crop, max_faces=3)
     if len(faces) > 1:
         raise NoFaceError(

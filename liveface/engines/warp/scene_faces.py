@@ -19,7 +19,7 @@ import numpy as np
 
 from liveface.engines.base import Box, SceneRequest
 from liveface.engines.warp import landmarks as L
-from liveface.engines.warp.face import _DETECT_LOCK, MESH_CROP_FACES, MESH_CROP_MIN_SIDE
+from liveface.engines.warp.face import _DETECT_LOCK, mesh_crop
 from liveface.errors import BadInputError, NoFaceError
 
 #: A tile must be this many face heights wide (forehead to chin) to hold its head and motion.
@@ -106,15 +106,8 @@ def _mesh_in(rgb: np.ndarray, rect: Rect) -> np.ndarray | None:
     (other faces may show at the crop's edges)."""
     from liveface.engines.warp.facemesh import face_mesh
 
-    side = MESH_CROP_FACES * max(rect[2], rect[3])
-    cx, cy = rect[0] + rect[2] / 2, rect[1] + rect[3] / 2
-    x0, y0 = cx - side / 2, cy - side / 2
-    scale = max(1.0, MESH_CROP_MIN_SIDE / side)
-    out = max(MESH_CROP_MIN_SIDE, round(side * scale))
-    m = np.array([[scale, 0.0, -x0 * scale], [0.0, scale, -y0 * scale]], dtype=np.float64)
-    crop = cv2.warpAffine(
-        rgb, m, (out, out), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-    )
+    crop, (x0, y0), scale = mesh_crop(rgb, rect)
+    out = crop.shape[0]
     faces = [f * np.float32(out) for f in face_mesh(crop, max_faces=4)]
     faces = [f for f in faces if f.shape[0] == L.NUM_LANDMARKS]
     if not faces:
