@@ -106,3 +106,16 @@ def test_encoder_feeds_the_adapter(wav2vec2_dir):
     tokens = adapter.encode(states, num_latent_frames=4, first_frame=1)
     assert tokens.tokens.shape == (1, 4, config.tokens_per_frame, tiny.dim)
     assert adapter.encode(states).num_frames == 3
+
+
+def test_loading_a_ctc_checkpoint_prints_nothing(wav2vec2_dir, capfd):
+    from transformers.utils import logging as tf_logging
+
+    before = tf_logging.get_verbosity(), tf_logging.is_progress_bar_enabled()
+    capfd.readouterr()
+    SpeechEncoder.from_pretrained(wav2vec2_dir)
+    out, err = capfd.readouterr()
+    assert "LOAD REPORT" not in out + err  # transformers reports the CTC head as unexpected
+    assert "lm_head" not in out + err
+    assert "Loading weights" not in err  # nor a progress bar
+    assert (tf_logging.get_verbosity(), tf_logging.is_progress_bar_enabled()) == before

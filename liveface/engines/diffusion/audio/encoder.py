@@ -16,13 +16,17 @@ Nothing is downloaded: the path must hold the model (``config.json`` + weights).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 from torch import nn
 
+from liveface.engines.diffusion.quiet import quiet_transformers
 from liveface.errors import CheckpointError
+
+log = logging.getLogger(__name__)
 
 #: Whisper's encoder halves the mel frame rate once (conv2 stride).
 _WHISPER_MEL_PER_FEATURE = 2
@@ -104,11 +108,13 @@ class SpeechEncoder(nn.Module):
                 "(wav2vec2 or whisper)"
             )
         try:
-            model, info = model_cls.from_pretrained(
-                str(p), local_files_only=True, output_loading_info=True, dtype=dtype, **extra
-            )
+            with quiet_transformers():
+                model, info = model_cls.from_pretrained(
+                    str(p), local_files_only=True, output_loading_info=True, dtype=dtype, **extra
+                )
         except (OSError, ValueError) as e:
             raise CheckpointError(f"cannot load the speech encoder from {p} ({e})") from e
+        log.debug("speech encoder %s: loading info %s", p, info)
         problems = _loading_problems(info)
         if problems:
             raise CheckpointError(

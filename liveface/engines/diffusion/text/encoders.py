@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from liveface.engines.diffusion.quiet import quiet_transformers
 from liveface.errors import CheckpointError, ConfigError
 
 #: Tokens the official pipeline gives the text encoder.
@@ -102,9 +103,10 @@ class UMT5TextEncoder:
         if not (p / "config.json").is_file():
             raise CheckpointError(f"{p} holds no config.json of a umT5 encoder")
         try:
-            loaded: Any = tf.UMT5EncoderModel.from_pretrained(
-                str(p), local_files_only=True, output_loading_info=True, dtype=dtype
-            )
+            with quiet_transformers():
+                loaded: Any = tf.UMT5EncoderModel.from_pretrained(
+                    str(p), local_files_only=True, output_loading_info=True, dtype=dtype
+                )
             model, info = loaded
         except (OSError, ValueError) as e:
             raise CheckpointError(f"cannot load the umT5 encoder from {p} ({e})") from e
