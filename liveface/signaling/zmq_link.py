@@ -134,6 +134,10 @@ class SessionLink:
         self._quality = jpeg_quality
         self._frames: deque[PacedFrame] = deque()
         self._frame_limit = max(1, frame_queue)
+        # Playback events follow the frames paced before them: (frames paced, type, header).
+        self._paced = 0  # frames the pacer has yielded
+        self._passed = 0  # of those, sent or dropped
+        self._after_frames: deque[tuple[int, MsgType, dict[str, Any]]] = deque()
         self._control: deque[list[Any]] = deque()
         self._control_limit = max(1, control_queue)
         self._inbox: asyncio.Queue[Message] = asyncio.Queue(maxsize=max(1, inbox))
@@ -158,6 +162,7 @@ class SessionLink:
     async def stop(self) -> None:
         """Cancel the link's tasks and try once more to send what replies/events are waiting."""
         await self._tasks.aclose()
+        self._pass_frames(self._paced - self._passed)
         self._flush_control()
 
     # -- control messages (replies and events) -------------------------------------------------
@@ -194,12 +199,17 @@ class SessionLink:
             header: dict[str, Any] = {"session": self.id, "segment": event.segment}
             if self.version >= 2:
                 header["character"] = event.character or 0
-            if event.kind is PlaybackKind.STARTED:
-                self.control(MsgType.PLAYBACK_STARTED, header)
-            else:
+            msg_type = MsgType.PLAYBACK_STARTED
+            if event.kind is PlaybackKind.FINISHED:
+                msg_type = MsgType.PLAYBACK_FINISHED
                 header["position"] = float(event.position)
                 header["interrupted"] = bool(event.interrupted)
-                self.control(MsgType.PLAYBACK_FINISHED, header)
+            # The sample it reports went out with a frame the pacer has yielded: the event must
+            # not overtake that frame (or any frame before it) on its way to the client.
+            if self._passed < self._paced:
+                self._after_frames.append((self._paced, msg_type, header))
+            else:
+                self.control(msg_type, header)
         elif isinstance(event, SessionError):
             self.error(event.error, None)
         elif isinstance(event, SessionClosed) and not self.ending:
@@ -276,7 +286,9 @@ class SessionLink:
             if len(self._frames) >= self._frame_limit:
                 self._frames.popleft()
                 self.stats.frames_dropped += 1
+                self._pass_frames(1)
             self._frames.append(item)
+            self._paced += 1
             self._wake.set()
 
     async def _send_loop(self) -> None:
@@ -291,6 +303,14 @@ class SessionLink:
                     break
                 parts = await self._encode(self._frames.popleft())
                 await self._send_frame(parts)
+                self._pass_frames(1)
+
+    def _pass_frames(self, count: int) -> None:
+        """``count`` more frames were sent or dropped: release the events waiting on them."""
+        self._passed += count
+        while self._after_frames and self._after_frames[0][0] <= self._passed:
+            _, msg_type, header = self._after_frames.popleft()
+            self.control(msg_type, header)
 
     async def _send_frame(self, parts: list[Any]) -> None:
         while True:

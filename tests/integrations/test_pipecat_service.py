@@ -122,8 +122,9 @@ async def test_tts_audio_in_images_and_their_audio_out_in_order_and_in_sync():
     skew = [(p - e) / OUT_RATE for p, e in zip(played_at, ends, strict=True)]
     print(f"image vs its audio at the transport: {np.median(skew) * 1000:+.0f} ms median")
     # Each image is shown with its own audio: within a frame, but for a draw the event loop
-    # delayed now and then.
-    assert abs(float(np.median(skew))) <= 0.01, skew
+    # delayed now and then. (Usually 0 ms; in about one run of 30 pipecat's video clock starts a
+    # frame out of phase with its audio and the whole run shows 40 ms.)
+    assert abs(float(np.median(skew))) <= 0.045, skew
     assert np.mean(np.abs(skew) <= 0.045) >= 0.9, skew
 
 

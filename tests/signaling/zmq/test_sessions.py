@@ -238,3 +238,43 @@ async def test_bind_errors_and_bad_options_are_config_errors():
             await other.start()
         with pytest.raises(ConfigError, match="CURVE"):
             await ZmqServer(runtime, address="tcp://127.0.0.1:*", curve_dir="/nonexistent").start()
+
+
+async def test_playback_events_never_overtake_the_frames_that_carry_their_samples(monkeypatch):
+    from liveface.signaling.zmq_link import SessionLink
+
+    encode = SessionLink._encode
+
+    async def slow_encode(self, item):  # as a JPEG encode in the executor takes a while
+        await asyncio.sleep(0.015)
+        return await encode(self, item)
+
+    monkeypatch.setattr(SessionLink, "_encode", slow_encode)
+    kinds: list[str | bool] = []  # what the client received, in order: events, frames voiced?
+    async with zmq_server() as (server, _), AsyncClient(server.endpoint) as client:
+        session = await client.open()
+        for _ in range(3):
+            await session.push(to_s16(speech(0.5)), rate=16000)
+            await session.end_segment()
+            async with asyncio.timeout(8.0):
+                async for item in session:
+                    if isinstance(item, Event):
+                        kinds.append(item.kind)
+                        if finished(item):
+                            break
+                    else:
+                        kinds.append(bool(np.any(item.audio)))
+        await session.close()
+    assert kinds.count("playback_started") == kinds.count("playback_finished") == 3
+    # started comes after the frame with the segment's first voiced sample, finished after the
+    # one with its last: the frame right after finished is silent (the next segment is pushed
+    # once finished has arrived and starts behind the output delay's silent frames).
+    since_finished: list[str | bool] = []
+    for k, kind in enumerate(kinds):
+        if kind == "playback_started":
+            assert True in since_finished, kinds
+        if kind == "playback_finished":
+            assert k + 1 == len(kinds) or kinds[k + 1] is False, kinds
+            since_finished = []
+        else:
+            since_finished.append(kind)
