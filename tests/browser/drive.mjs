@@ -110,9 +110,14 @@ function instrument() {
       video.requestVideoFrameCallback(onFrame);
     };
     video.requestVideoFrameCallback(onFrame);
-    if (video.srcObject && video.srcObject.getAudioTracks().length) {
-      window.__tapPlayed(new MediaStream(video.srcObject.getAudioTracks())).catch((e) => rec.errors.push(String(e)));
-    }
+    // The remote tracks may reach the video element after the answer (a busy machine): tap the
+    // audio as soon as it is there.
+    const tapWhenThere = setInterval(() => {
+      if (video.srcObject && video.srcObject.getAudioTracks().length) {
+        clearInterval(tapWhenThere);
+        window.__tapPlayed(new MediaStream(video.srcObject.getAudioTracks())).catch((e) => rec.errors.push(String(e)));
+      }
+    }, 10);
     setInterval(async () => {
       if (!lf.pc) return;
       const report = await lf.pc.getStats();
