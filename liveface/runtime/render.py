@@ -23,8 +23,8 @@ import av
 import numpy as np
 
 from liveface.engines.base import ClipRenderer, Engine, VideoChunk
-from liveface.errors import AudioFormatError, BadInputError
-from liveface.pipeline.ingest import AudioIngest
+from liveface.errors import BadInputError
+from liveface.pipeline.audio_file import read_audio
 from liveface.pipeline.pacer import OutputSignal, PacedFrame, PaceTiming, VideoPacer
 from liveface.pipeline.stream import StreamConfig, StreamPipeline
 from liveface.pipeline.videoframe import yuv420_frame
@@ -52,31 +52,6 @@ class VideoEncoding:
             raise BadInputError(f"unknown x264 preset {self.preset!r}; one of {X264_PRESETS}")
         if not 0 <= self.crf <= 51:
             raise BadInputError(f"crf must be in 0..51, not {self.crf}")
-
-
-def read_audio(path: str | Path, rate: int) -> np.ndarray:
-    """Decode any audio file ffmpeg reads into mono float32 ``(samples,)`` at ``rate``.
-
-    Raises:
-        AudioFormatError: the file cannot be read or holds no audio stream.
-    """
-    p = Path(path)
-    try:
-        container = av.open(str(p))
-    except (av.FFmpegError, OSError) as e:
-        raise AudioFormatError(f"cannot read audio {p.name}: {e.strerror or e}") from e
-    ingest = AudioIngest(rate)
-    out: list[np.ndarray] = []
-    with container:
-        if not container.streams.audio:
-            raise AudioFormatError(f"{p.name} has no audio stream")
-        try:
-            for frame in container.decode(container.streams.audio[0]):
-                out.append(ingest.push_frame(frame))
-        except av.FFmpegError as e:
-            raise AudioFormatError(f"{p.name} could not be decoded: {e}") from e
-    out.append(ingest.flush())
-    return np.concatenate(out)
 
 
 class _Encoder:

@@ -16,8 +16,8 @@ import av
 import cv2
 import numpy as np
 
-from liveface.errors import BadInputError
-from liveface.pipeline.resample import StreamingResampler
+from liveface.errors import AudioFormatError, BadInputError
+from liveface.pipeline import audio_file
 
 
 class MediaError(BadInputError):
@@ -72,54 +72,17 @@ def probe(path: str | Path) -> VideoInfo:
         )
 
 
-def _to_float(frame: av.AudioFrame) -> np.ndarray:
-    """Mono float32 samples of a decoded audio frame, whatever its sample format."""
-    x = frame.to_ndarray().astype(np.float32)
-    if frame.format.is_planar:  # (channels, samples)
-        x = x.mean(axis=0)
-    else:  # (1, samples * channels), interleaved
-        x = x.reshape(-1, len(frame.layout.channels)).mean(axis=1)
-    name = frame.format.name
-    if name.startswith("s16"):
-        x /= 32768.0
-    elif name.startswith("s32"):
-        x /= 2147483648.0
-    elif name.startswith("u8"):
-        x = (x - 128.0) / 128.0
-    return np.nan_to_num(x)
-
-
 def read_audio(path: str | Path, rate: int = 16000) -> np.ndarray:
-    """The first audio stream as mono float32 ``(samples,)`` at ``rate``, sample 0 at time 0.
+    """The first audio stream as mono float32 ``(samples,)`` at ``rate``, sample 0 at time 0
+    (as the video frames are timed).
 
     Raises:
         MediaError: unreadable, no audio stream, or a decode error.
     """
-    p = Path(path)
-    with _open(p) as c:
-        if not c.streams.audio:
-            raise MediaError(f"{p} has no audio stream")
-        stream = c.streams.audio[0]
-        parts: list[np.ndarray] = []
-        resampler: StreamingResampler | None = None
-        start: float | None = None
-        try:
-            for frame in c.decode(stream):
-                if resampler is None:
-                    resampler = StreamingResampler(frame.sample_rate, rate)
-                    start = float(frame.time) if frame.time is not None else 0.0
-                parts.append(resampler.push(_to_float(frame)))
-        except av.FFmpegError as e:
-            raise MediaError(f"{p}: audio could not be decoded ({e})") from e
-        if resampler is not None:
-            parts.append(resampler.push(np.zeros(0, np.float32), last=True))
-    audio = np.clip(np.concatenate(parts) if parts else np.zeros(0, np.float32), -1.0, 1.0)
-    offset = round((start or 0.0) * rate)
-    if offset > 0:
-        audio = np.concatenate([np.zeros(offset, np.float32), audio])
-    elif offset < 0:
-        audio = audio[-offset:]
-    return audio.astype(np.float32)
+    try:
+        return audio_file.read_audio(path, rate, from_zero=True)
+    except AudioFormatError as e:
+        raise MediaError(f"{path}: {e}") from e
 
 
 def iter_frames(
