@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from bench_s2v import random_14b  # the 14B with random bf16 weights, as bench_s2v builds it
 
 from liveface.engines.diffusion.dit.s2v.causal import CausalS2V
 from liveface.engines.diffusion.dit.s2v.config import S2VConfig
-from liveface.engines.diffusion.dit.s2v.model import WanS2VDiT
 from liveface.engines.diffusion.streaming.liveavatar import (
     BlockFeed,
     BlockWork,
@@ -180,23 +180,6 @@ class RandomSource:
         if self.compile:
             causal.functions.compile(device)
         return causal
-
-
-def random_14b(device: torch.device, fp8: bool) -> WanS2VDiT:
-    from liveface.engines.diffusion.backends.fp8 import quantize_dit_linears
-
-    with torch.device("meta"):
-        model = WanS2VDiT(S2VConfig.preset("s2v-14b"))
-    model = model.to_empty(device=device)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            keep = any(k in name for k in ("time_embedding", "time_projection", "modulation"))
-            p.data = (torch.randn_like(p, dtype=torch.float32) * 0.02).to(
-                torch.float32 if keep else torch.bfloat16
-            )
-    if fp8:
-        quantize_dit_linears(model, device)
-    return model.eval().requires_grad_(False)
 
 
 def _memory(dev: torch.device, peak: bool = False) -> float:

@@ -39,16 +39,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from record_s2v import TINY  # the tests' tiny S2V config, in official names
 
-# The tiny S2V config of the tests (liveface S2VConfig.preset("tiny")), in official names.
-TINY = dict(
-    cond_dim=16, audio_dim=20, num_audio_token=4, enable_adain=True, adain_mode="attn_norm",
-    audio_inject_layers=[0, 2], zero_init=True, zero_timestep=True, enable_motioner=False,
-    add_last_motion=True, enable_tsm=False, trainable_token_pos_emb=False, enable_framepack=True,
-    framepack_drop_mode="padd", model_type="s2v", patch_size=(1, 2, 2), text_len=8, in_dim=16,
-    dim=48, ffn_dim=64, freq_dim=16, text_dim=24, out_dim=16, num_heads=4, num_layers=3,
-    window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6,
-)  # fmt: skip
 MOTION_FRAMES, MOTION_LATENTS = 73, 19
 INFER_FRAMES, BLOCK = 48, 3  # their scripts: --infer_frames 48, num_frames_per_block 3
 H = W = 8  # latent grid
