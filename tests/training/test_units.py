@@ -201,3 +201,13 @@ def test_command_line_errors_say_what_to_fix(tmp_path, capsys):
         == 2
     )
     assert "no trained weights at" in capsys.readouterr().err
+
+
+def test_speech_is_found_all_through_a_video_longer_than_the_live_vads_memory():
+    from liveface.training.data.segment import voiced_frames
+    from tests.training.synthetic import speech_signal
+
+    wave, _ = speech_signal(90.0, seed=5, rate=16000)
+    voiced = voiced_frames(wave, 16000, 25, 90 * 25)
+    per_half_minute = voiced.reshape(3, -1).mean(axis=1)
+    assert (per_half_minute > 0.3).all(), per_half_minute  # the first minute too

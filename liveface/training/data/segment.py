@@ -64,7 +64,9 @@ def shot_changes(thumbs: np.ndarray, threshold: float) -> list[int]:
 
 def voiced_frames(audio: np.ndarray, rate: int, fps: int, frames: int) -> np.ndarray:
     """Bool ``(frames,)``: whether the audio of each video frame holds speech."""
-    vad = VoiceActivity(rate)
+    # Remember every label of the file (the live default keeps the last minute only).
+    step = rate * VoiceActivity.FRAME_MS // 1000
+    vad = VoiceActivity(rate, history_frames=audio.shape[0] // step + 1)
     vad.push(audio)
     return np.array(
         [vad.voiced(n * rate // fps, (n + 1) * rate // fps) for n in range(frames)], dtype=bool
