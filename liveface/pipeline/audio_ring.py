@@ -20,6 +20,11 @@ class AudioRing:
         self._end = 0  # absolute index one past the newest sample
 
     @property
+    def capacity(self) -> int:
+        """Samples the ring holds at most."""
+        return self._capacity
+
+    @property
     def end(self) -> int:
         """Absolute index one past the newest sample (the number of samples ever appended)."""
         return self._end

@@ -76,13 +76,8 @@ class ScenePipeline(StreamPipeline):
         super().__init__(spec, config)
         if characters < 1:
             raise ValueError("a scene has at least one character")
-        rate = spec.sample_rate
-        capacity = (
-            int(config.max_pending_s * rate)
-            + int(config.history_s * rate)
-            + spec.left_context
-            + spec.lookahead
-        )
+        # Each lane holds what the mixed ring holds (small for live input, see StreamPipeline).
+        capacity = self.ring.capacity
         # Each character's own output audio is kept only for a consumer that asked for it (a
         # pacer with voices); it is stored as chunks are cut, which offline is all at once.
         self.keep_voices = False

@@ -134,3 +134,11 @@ def test_per_character_queues_and_segments():
     assert p.pending_samples() == RATE
     assert p.end_segment(2) == 0
     assert p.end_segment(0) is None  # nothing was pushed for character 0
+
+
+def test_a_live_scenes_lanes_are_as_small_as_its_mixed_ring():
+    live = ScenePipeline(SPEC, StreamConfig(delay_ms=80, live=True), 3)
+    pushed = ScenePipeline(SPEC, StreamConfig(delay_ms=80, live=False), 3)
+    assert {lane.ring.capacity for lane in live.lanes} == {live.ring.capacity}
+    assert {lane.ring.capacity for lane in pushed.lanes} == {pushed.ring.capacity}
+    assert live.ring.capacity * 10 < pushed.ring.capacity  # not max_pending_s of audio each
