@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from liveface.engines.base import AudioChunk, ChunkInfo, Engine, EngineSpec, EngineState, VideoChunk
-from liveface.engines.diffusion.audio.s2v_features import Encoder, StreamingFeatures
+from liveface.engines.diffusion.audio.s2v_features import SAMPLE_RATE, Encoder, StreamingFeatures
 from liveface.engines.diffusion.dit.s2v.config import S2VConfig
 from liveface.engines.diffusion.portrait import augmented_views, default_portrait, fit_portrait
 from liveface.engines.diffusion.streaming.codebook import Codebook, build_codebook, latent_features
@@ -53,7 +53,6 @@ from liveface.engines.diffusion.vae.interface import StreamingDecoder, frames_to
 from liveface.engines.diffusion.vae.state import StreamState
 from liveface.errors import BadInputError, ConfigError, SessionClosedError
 
-SAMPLE_RATE = 16000
 #: Frames the first block drops after the primed decoder (their pipeline: ``image[:, :, 3:]``).
 FIRST_TRIM = 3
 TEXT_CACHE_SIZE = 8

@@ -37,7 +37,11 @@ from liveface.engines.base import (
     EngineState,
     VideoChunk,
 )
-from liveface.engines.diffusion.audio.s2v_features import StreamingFeatures, whole_clip_features
+from liveface.engines.diffusion.audio.s2v_features import (
+    SAMPLE_RATE,
+    StreamingFeatures,
+    whole_clip_features,
+)
 from liveface.engines.diffusion.checkpoint.s2v_loading import S2VBundle
 from liveface.engines.diffusion.dit.tokens import TextContext
 from liveface.engines.diffusion.portrait import default_portrait, fit_portrait
@@ -52,7 +56,6 @@ from liveface.errors import BadInputError, ConfigError, SessionClosedError
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 #: Prompts whose text keys/values stay cached (the negative prompt is one of them).
 TEXT_CACHE_SIZE = 8
 

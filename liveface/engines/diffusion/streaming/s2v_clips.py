@@ -160,20 +160,27 @@ class ClipGenerator:
         h, w = state.reference.shape[-2:]
         frames = s.latents_per_clip
         clip = dit.prepare_clip(state.reference, state.motion, frames)
-        audio = dit.clip_audio(features.to(self.device))
-        silent = dit.clip_audio(features.to(self.device) * 0.0)
+        features = features.to(self.device)
+        audio = dit.clip_audio(features)
+        scale = s.guidance if guidance is None else guidance
+        # The unconditional pass (silent audio) runs only where guidance uses it.
+        uncond = None
+        if scale != 1.0:
+            silent = dit.clip_audio(torch.zeros_like(features))
+
+            def uncond(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                return dit.denoise(x, t, state.text_null, clip, silent)
+
         g = torch.Generator(device=self.device).manual_seed(state.seed + state.clips)
         dtype = dit.patch_embedding.weight.dtype
         noise = torch.randn(
             (1, dit.config.in_dim, frames, h, w), generator=g, device=self.device, dtype=dtype
         )
-        sampler = UniPCSampler(
-            steps or s.steps, s.shift, s.guidance if guidance is None else guidance
-        )
+        sampler = UniPCSampler(steps or s.steps, s.shift, scale)
         latents = sampler.sample(
             lambda x, t: dit.denoise(x, t, state.text, clip, audio),
             noise,
-            uncond=lambda x, t: dit.denoise(x, t, state.text_null, clip, silent),
+            uncond=uncond,
             on_step=on_step,
         )
         before = state.reference if first else state.motion
