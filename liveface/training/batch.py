@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from liveface.engines.diffusion.sampling.flow import shift_sigmas
 from liveface.errors import ConfigError
 from liveface.training.data.audio import AudioTimeline, timeline_slice
 from liveface.training.data.shards import ShardDataset
@@ -107,11 +108,6 @@ class Batch:
     @property
     def size(self) -> int:
         return self.target.shape[0]
-
-
-def shifted(u: torch.Tensor, shift: float) -> torch.Tensor:
-    """The flow-matching timestep shift (as the sampler's) of uniform draws in (0, 1]."""
-    return shift * u / (1 + (shift - 1) * u)
 
 
 class SampleLoader:
@@ -216,7 +212,7 @@ class SampleLoader:
             reference=stacked["reference"],
             audio=stacked["audio"],
             noise=torch.stack(noise),
-            sigma=shifted(u_t, c.shift),
+            sigma=shift_sigmas(u_t, c.shift),  # the sampler's timestep shift
             u=u_t,
             audio_keep=torch.stack(audio_keep),
             text_keep=text_k,

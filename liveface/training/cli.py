@@ -21,13 +21,13 @@ Flags override the matching fields of ``--config FILE`` (a JSON object of
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from liveface.engines.diffusion.json_config import parse_object
 from liveface.errors import AvatarError, ConfigError
 
 log = logging.getLogger("liveface.training")
@@ -37,12 +37,10 @@ def _json(path: str | None) -> dict[str, Any]:
     if path is None:
         return {}
     try:
-        data = json.loads(Path(path).expanduser().read_text())
-    except (OSError, ValueError) as e:
+        text = Path(path).expanduser().read_text()
+    except OSError as e:
         raise ConfigError(f"cannot read config {path} ({e})") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {path} must hold a JSON object")
-    return data
+    return parse_object(text, str(path))
 
 
 def _overrides(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -33,12 +33,6 @@ from liveface.training.data.shards import ShardDataset
 from liveface.training.model import Models, build_models, check_timeline
 
 log = logging.getLogger(__name__)
-
-
-class Objective(Protocol):
-    """What the loop trains: per-sample losses of a batch, plus optional per-step state."""
-
-    def __call__(self, batch: Batch) -> torch.Tensor: ...
 
 
 @dataclass

@@ -78,6 +78,10 @@ def test_prepare_resumes_and_refuses_other_settings(tmp_path):
     assert len(ShardDataset(out)) == 2
     assert len((out / "progress.jsonl").read_text().splitlines()) == 3
     assert read_index(out)["skipped"] == {"no_speech": 1}
+    from safetensors import safe_open
+
+    with safe_open(str(out / "prompts.safetensors"), framework="pt") as f:
+        assert set(f.metadata()) == set(f.keys()) == set(ShardDataset(out).prompts())  # texts kept
     cfg = PrepareConfig.from_dict({**world.PREPARE, "holdout_videos": 0, "fps": 30})
     preparer = Preparer(BaseDir.open(world.base()), cfg)
     with pytest.raises(ConfigError, match="other settings"):

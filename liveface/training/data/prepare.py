@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from liveface.engines.diffusion import json_config
 from liveface.engines.diffusion.dit.audio_config import AudioConfig
@@ -210,6 +212,7 @@ class Preparer:
         self.dtype = getattr(torch, config.storage)
         self._texts: dict[str, str] = {}
         self._embeddings: dict[str, torch.Tensor] = {}
+        self._new_prompts = False  # added since prompts.safetensors was last written
 
     def dataset_config(self) -> dict[str, Any]:
         """What ``dataset.json`` records (and a resumed run must match)."""
@@ -229,7 +232,6 @@ class Preparer:
     def run(
         self, inputs: Sequence[str | Path], out: str | Path, *, progress: bool = True
     ) -> PrepareReport:
-        from safetensors.torch import save_file
         from tqdm import tqdm
 
         root = Path(out).expanduser()
@@ -245,6 +247,7 @@ class Preparer:
             for k in range(1, self.config.max_chunk_latents + 1)
         }
         save_file(silence, str(root / SILENCE))
+        self._load_prompts(root)
         report = PrepareReport()
         todo = [v for v in videos if str(v) not in done]
         bar = tqdm(todo, desc="prepare", unit="video", disable=not progress)
@@ -267,19 +270,27 @@ class Preparer:
         self._save_prompts(root)
         return report
 
-    def _save_prompts(self, root: Path) -> None:
-        from safetensors.torch import save_file
-
+    def _load_prompts(self, root: Path) -> None:
+        """The prompts of an earlier run into this one (a resumed run keeps them, texts too)."""
         path = root / PROMPTS
-        existing = {}
-        if path.is_file():
-            from safetensors.torch import load_file
+        if not path.is_file():
+            return
+        with safe_open(str(path), framework="pt") as f:
+            texts = f.metadata() or {}
+            for key in f.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
+                self._embeddings.setdefault(key, f.get_tensor(key))
+                if key in texts:
+                    self._texts.setdefault(key, texts[key])
 
-            existing = load_file(str(path))
-        merged = {**existing, **{k: v.contiguous() for k, v in self._embeddings.items()}}
+    def _save_prompts(self, root: Path) -> None:
+        path = root / PROMPTS
+        if not self._new_prompts and path.is_file():
+            return  # nothing added since the last write
+        tensors = {k: v.contiguous() for k, v in self._embeddings.items()}
         tmp = path.with_name(path.name + ".tmp")
-        save_file(merged, str(tmp), metadata={k: t for k, t in self._texts.items()})
+        save_file(tensors, str(tmp), metadata=dict(self._texts))
         tmp.replace(path)
+        self._new_prompts = False
 
     def _prompt(self, video: Path) -> str:
         caption = video.with_suffix(".txt")
@@ -289,6 +300,7 @@ class Preparer:
         if key not in self._embeddings:
             self._embeddings[key] = self.prompts.embedding(text).float().cpu()
             self._texts[key] = text
+            self._new_prompts = True
         return key
 
     def process_video(

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from liveface.errors import CheckpointError, ConfigError
+from liveface.pipeline.image import load_image
 
 FORMAT = "liveface-talking-shards"
 VERSION = 1
@@ -239,11 +240,7 @@ class ShardDataset:
     def portrait(self, clip: int) -> np.ndarray | None:
         """The saved reference frame (uint8 RGB) of a held-out clip, or None."""
         p = self.root / PORTRAITS / f"{self.clips[clip].id}.png"
-        if not p.is_file():
-            return None
-        import cv2
-
-        return np.ascontiguousarray(cv2.imread(str(p))[:, :, ::-1])
+        return load_image(p) if p.is_file() else None
 
     def prompts(self) -> dict[str, torch.Tensor]:
         return _read_tensors(self.root / PROMPTS)
