@@ -35,9 +35,6 @@ class WarpConfig:
             rounding use twice these).
         mouth_gain: scales how far the mouth opens for a given loudness.
         motion_scale: scales the amplitude of head sway and breathing.
-        head_key_frames: the head moves the whole frame at every this many frames (keys), and
-            frames in between blend the two keys around them (1: every frame; see
-            ``headmotion``).
     """
 
     width: int = 512
@@ -58,7 +55,6 @@ class WarpConfig:
     release_ms: float = 60.0
     mouth_gain: float = 1.0
     motion_scale: float = 1.0
-    head_key_frames: int = 2
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -88,7 +84,6 @@ class WarpConfig:
             ("release_ms", 1.0 <= self.release_ms <= 1000.0, "between 1 and 1000 ms"),
             ("mouth_gain", 0.0 <= self.mouth_gain <= 3.0, "between 0 and 3"),
             ("motion_scale", 0.0 <= self.motion_scale <= 3.0, "between 0 and 3"),
-            ("head_key_frames", 1 <= self.head_key_frames <= 4, "between 1 and 4"),
         ]
         bad = [
             f"{name} must be {what} (got {getattr(self, name)!r})"

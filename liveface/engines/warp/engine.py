@@ -22,8 +22,7 @@ from liveface.engines.warp import landmarks as L
 from liveface.engines.warp import scene as S
 from liveface.engines.warp.config import SAMPLE_RATE, WarpConfig
 from liveface.engines.warp.face import align_face, default_portrait, detect_landmarks, to_rgb_uint8
-from liveface.engines.warp.headmotion import HeadMotion, HeadView
-from liveface.engines.warp.idle import BlinkClock, HeadSway, Pose
+from liveface.engines.warp.idle import BlinkClock, HeadSway
 from liveface.engines.warp.mouth import MouthDriver
 from liveface.engines.warp.render import FaceRig, Renderer, build_rig
 from liveface.errors import BadInputError, SessionClosedError
@@ -60,7 +59,6 @@ class WarpState(EngineState):
         self.seed = seed
         self.closed = False
         self.renderer = Renderer(rig)
-        self.head = self.renderer.head_motion(config.head_key_frames) if head_motion else None
         self.mouth = MouthDriver(
             SAMPLE_RATE, config.fps, config.attack_ms, config.release_ms, config.mouth_gain
         )
@@ -106,16 +104,6 @@ class WarpState(EngineState):
     def eye_boxes(self) -> list[tuple[int, int, int, int]]:
         """``(y0, y1, x0, x1)`` of each eye region that blinks change."""
         return [eye.box for eye in self._rig().eyes]
-
-    def head_at(self, index: int, fps: int) -> tuple[HeadMotion, HeadView] | None:
-        """The head motion and its view in frame ``index``, or None with head motion off."""
-        if self.head is None:
-            return None
-
-        def pose_at(k: int) -> Pose:  # at the frame's centre, as lively as the mouth is now
-            return self.sway.pose((k + 0.5) / fps, self.mouth.talk)
-
-        return self.head, self.head.view(index, pose_at)
 
     def _rig(self) -> FaceRig:
         if self.rig is None:
@@ -205,7 +193,8 @@ class WarpEngine(Engine):
             shape = state.mouth.step(target)
             t = (f + 0.5) / spec.fps  # media time of the frame's centre
             blink = state.blinks.amount(t)
-            state.renderer.render(shape, blink, frames[i], state.head_at(f, spec.fps))
+            pose = state.sway.pose(t, state.mouth.talk) if state.head_motion else None
+            state.renderer.render(shape, blink, pose, frames[i])
         audio = _chunk_audio(chunk)
         return VideoChunk(
             frames=frames,
@@ -253,7 +242,7 @@ class WarpEngine(Engine):
         if isinstance(state, WarpState) and not state.closed:
             state.closed = True
             state.rig = None
-            del state.renderer, state.head, state.mouth, state.blinks, state.sway
+            del state.renderer, state.mouth, state.blinks, state.sway
         elif isinstance(state, S.WarpScene):
             S.close(state)
 

@@ -42,13 +42,10 @@ class EyeRig:
     map_x: np.ndarray
     rows: np.ndarray
 
-    def render(self, portrait: np.ndarray, frame: np.ndarray, amount: float) -> bool:
-        """Draw the eye of ``portrait (H, W, 3)`` closed by ``amount`` in [0, 1] into ``frame``.
-
-        Returns whether anything was drawn (an open eye is the portrait's own).
-        """
+    def render(self, portrait: np.ndarray, frame: np.ndarray, amount: float) -> None:
+        """Draw the eye of ``portrait (H, W, 3)`` closed by ``amount`` in [0, 1] into ``frame``."""
         if amount <= 1e-3:
-            return False
+            return
         y0, y1, x0, x1 = self.box
         edge = self.lid_upper + amount * (1.0 - CLOSED_GAP) * (self.lid_lower - self.lid_upper)
         shift = edge - self.lid_upper
@@ -70,7 +67,6 @@ class EyeRig:
         map_x = self.map_x
         patch = cv2.remap(portrait, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         frame[y0:y1, x0:x1] = patch
-        return True
 
 
 def build_eye(

@@ -144,50 +144,21 @@ class HeadFields:
     basis: np.ndarray
     size: tuple[int, int]
 
-    def small_shift(self, pose: Pose, out: np.ndarray) -> np.ndarray:
-        """The backward shift of ``pose`` at ``1 / FIELD_SCALE`` size into ``out (h, w, 2)``.
-
-        For few-pixel, sub-degree motion the inverse is the negated forward displacement.
-        """
-        amounts = (-pose.tx, -pose.ty, -pose.roll, -pose.zoom, -pose.breath)
-        np.multiply(self.basis[0], np.float32(amounts[0]), out=out)
-        for k in range(1, len(amounts)):
-            cv2.scaleAdd(self.basis[k], float(amounts[k]), out, dst=out)
-        return out
-
-    def upsample(self, small: np.ndarray) -> np.ndarray:
-        """A small shift at full size: float32 ``(H, W, 2)``."""
-        height, width = self.size
-        return np.asarray(
-            cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR), np.float32
-        )
-
-    def upsample_box(self, small: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-        """``upsample(small)[y0:y1, x0:x1]`` for ``box = (y0, y1, x0, x1)``, the same values.
-
-        Where the frame is a whole number of field cells, only the cells around the box are
-        upsampled (with a cell of margin, so the interpolation never meets the crop's edge).
-        """
-        y0, y1, x0, x1 = box
-        height, width = self.size
-        s = FIELD_SCALE
-        if height % s or width % s:
-            return self.upsample(small)[y0:y1, x0:x1]
-        h, w = small.shape[:2]
-        cy0, cx0 = max(0, y0 // s - 1), max(0, x0 // s - 1)
-        cy1, cx1 = min(h, -(-y1 // s) + 1), min(w, -(-x1 // s) + 1)
-        crop = small[cy0:cy1, cx0:cx1]
-        up = cv2.resize(crop, ((cx1 - cx0) * s, (cy1 - cy0) * s), interpolation=cv2.INTER_LINEAR)
-        oy, ox = y0 - cy0 * s, x0 - cx0 * s
-        return np.asarray(up[oy : oy + y1 - y0, ox : ox + x1 - x0], np.float32)
-
     def backward_shift(self, pose: Pose, small: np.ndarray) -> np.ndarray:
         """How far from itself each output pixel samples for ``pose``, float32 ``(H, W, 2)``.
 
         A relative map (``cv2.WARP_RELATIVE_MAP``), which spares adding the pixel grid and is
-        faster to remap. ``small`` is a ``(h, w, 2)`` float32 work buffer.
+        faster to remap. ``small`` is a ``(h, w, 2)`` float32 work buffer. For few-pixel,
+        sub-degree motion the inverse is the negated forward displacement.
         """
-        return self.upsample(self.small_shift(pose, small))
+        amounts = (-pose.tx, -pose.ty, -pose.roll, -pose.zoom, -pose.breath)
+        np.multiply(self.basis[0], np.float32(amounts[0]), out=small)
+        for k in range(1, len(amounts)):
+            cv2.scaleAdd(self.basis[k], float(amounts[k]), small, dst=small)
+        height, width = self.size
+        return np.asarray(
+            cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR), np.float32
+        )
 
 
 def build_head_fields(lm: np.ndarray, face_height: float, width: int, height: int) -> HeadFields:

@@ -63,22 +63,10 @@ class MouthInterior:
             roi: the warped lower-face region.
             upper, lower: deformed inner-lip chains ``(11, 2)`` (x, y), ROI-local, corner to corner.
         """
-        parting, layer = self.layer(upper, lower)
-        if layer is not None:
-            y0, y1, x0, x1 = layer.box
-            patch = roi[y0:y1, x0:x1]
-            patch[...] = blend(patch, layer.paint, layer.alpha)
-        return parting
-
-    def layer(self, upper: np.ndarray, lower: np.ndarray) -> tuple[float, InteriorLayer | None]:
-        """The interior for the given inner-lip chains (ROI-local): ``(parting px, layer)``.
-
-        The layer is None while the lips have not parted past their rest opening.
-        """
         parting = float(np.max(lower[:, 1] - upper[:, 1] - self.rest_gap))
         fade = min(1.0, parting / FADE_IN_PX)
         if fade <= 0.0:
-            return parting, None
+            return parting
         # Work only on the part of the box the mouth covers now (a pixel of margin for the edges).
         by0, by1, bx0, bx1 = self.box
         poly = np.concatenate([upper, lower[::-1]])
@@ -87,7 +75,7 @@ class MouthInterior:
         y0 = max(by0, int(np.floor(poly[:, 1].min())) - 1)
         y1 = min(by1, int(np.ceil(poly[:, 1].max())) + 2)
         if x1 <= x0 or y1 <= y0:
-            return parting, None
+            return parting
         h, w = y1 - y0, x1 - x0
         origin = np.array([x0, y0], np.float32)
         mask = np.zeros((h, w), np.uint8)
@@ -97,7 +85,10 @@ class MouthInterior:
         paint = self._paint(upper - origin, lower - origin, h, w)
         sub = np.s_[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0]
         paint += self.keep[sub][..., None] * (self.own[sub] - paint)
-        return parting, InteriorLayer((y0, y1, x0, x1), paint, alpha)
+        patch = roi[y0:y1, x0:x1].astype(np.float32)
+        patch += alpha[..., None] * (paint - patch)
+        roi[y0:y1, x0:x1] = np.clip(patch + 0.5, 0, 255).astype(np.uint8)
+        return parting
 
     def _paint(self, up: np.ndarray, lo: np.ndarray, bh: int, bw: int) -> np.ndarray:
         """The interior colours ``(bh, bw, 3)`` float32 for the given box-local lip chains."""
@@ -135,28 +126,6 @@ class MouthInterior:
         shade = (1.0 - 0.5 * s**2) * seams * under_lip
         out += (teeth * shade[..., None] - out) * wu[..., None]
         return out
-
-
-@dataclass(frozen=True)
-class InteriorLayer:
-    """The painted interior over a box: what ``blend`` lays over the lips.
-
-    Attributes:
-        box: ``(y0, y1, x0, x1)`` ROI-local.
-        paint: float32 ``(bh, bw, 3)`` colours.
-        alpha: float32 ``(bh, bw)`` coverage in [0, 1].
-    """
-
-    box: tuple[int, int, int, int]
-    paint: np.ndarray
-    alpha: np.ndarray
-
-
-def blend(under: np.ndarray, paint: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """uint8 ``under (h, w, 3)`` with ``paint`` laid over it by ``alpha (h, w)``."""
-    patch = under.astype(np.float32)
-    patch += alpha[..., None] * (paint - patch)
-    return np.clip(patch + 0.5, 0, 255).astype(np.uint8)
 
 
 def _chain_y(chain: np.ndarray, xs: np.ndarray) -> np.ndarray:

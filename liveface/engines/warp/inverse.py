@@ -19,7 +19,6 @@ import cv2
 import numpy as np
 
 from liveface.engines.warp import landmarks as L
-from liveface.engines.warp.headmotion import offset_xy
 from liveface.engines.warp.mesh import JAW_TRAVEL, MouthMesh
 
 #: Fixed-point steps after the first estimate. The jaw field's steepest slope off the parting line
@@ -47,14 +46,13 @@ def remap_xy(image: np.ndarray, xy: np.ndarray, border: int) -> np.ndarray:
     return cv2.remap(image, xy, np.empty(0, np.float32), cv2.INTER_LINEAR, borderMode=border)
 
 
-def invert_field(field: np.ndarray, grid: np.ndarray, on_grid: bool = True) -> np.ndarray:
-    """Solve ``s + F(s) = p`` for every point ``p`` of ``grid (h, w, 2)``; returns ``s (h, w, 2)``.
+def invert_field(field: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Solve ``s + F(s) = p`` at every pixel ``p`` of ``field (h, w, 2)``; returns ``s (h, w, 2)``.
 
-    Everything is in the field's own pixel units. ``on_grid``: ``grid`` holds each pixel's own
-    (x, y), so ``F(p)`` is the field as stored; otherwise it is sampled there. Starts from
-    ``p - F(p)``.
+    Everything is in the field's own pixel units: ``grid (h, w, 2)`` holds each pixel's (x, y).
+    Starts from ``p - F(p)``.
     """
-    src = grid - (field if on_grid else remap_xy(field, grid, cv2.BORDER_REPLICATE))
+    src = grid - field
     for _ in range(INVERT_STEPS):
         np.subtract(grid, remap_xy(field, src, cv2.BORDER_REPLICATE), out=src)
     return src
@@ -107,11 +105,7 @@ class MouthWarp:
         )
 
     def backward_map(
-        self,
-        amounts: np.ndarray,
-        lower_lip: np.ndarray,
-        scratch: WarpScratch,
-        shift: np.ndarray | None = None,
+        self, amounts: np.ndarray, lower_lip: np.ndarray, scratch: WarpScratch
     ) -> np.ndarray:
         """Where each ROI pixel samples the rest ROI for shape ``amounts (3,)``; ``(h, w, 2)``.
 
@@ -119,35 +113,23 @@ class MouthWarp:
             amounts: jaw, spread and round amplitudes.
             lower_lip: the deformed lower inner lip ``(11, 2)``, ROI-local: the parting line.
             scratch: this session's buffers.
-            shift: float32 ``(h, w, 2)`` or None: solve at ``pixel + shift`` instead of at each
-                pixel (the head's backward shift, so the map moves the head as well).
         """
         h, w = self.grid.shape[:2]
-        target, half_target, tear_target = self.grid, self.half_grid, self.tear_grid
-        y0, y1, x0, x1 = self.tear_box
-        exact = shift is None
-        if shift is not None:
-            target = self.grid + shift
-            # Block averages at block centres, in half-resolution pixels.
-            half_shift = cv2.resize(shift, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
-            half_target = self.half_grid + 0.5 * half_shift
-            tear_target = self.tear_grid + shift[y0:y1, x0:x1]
-        src = invert_field(mix_fields(self.half_fields, amounts, scratch.half), half_target, exact)
-        src -= half_target
+        src = invert_field(mix_fields(self.half_fields, amounts, scratch.half), self.half_grid)
+        src -= self.half_grid
+        src *= 2.0  # half-resolution pixels to ROI pixels
         # Block centres line up with cv2.resize's sampling, so the upsampling is unbiased.
         back = np.asarray(cv2.resize(src, (w, h), interpolation=cv2.INTER_LINEAR), np.float32)
-        cv2.scaleAdd(back, 2.0, target, dst=back)  # half-resolution pixels to ROI pixels
-        up = invert_field(mix_fields(self.tear_up, amounts, scratch.up), tear_target, exact)
-        low = invert_field(mix_fields(self.tear_low, amounts, scratch.low), tear_target, exact)
+        back += self.grid
+        y0, y1, x0, x1 = self.tear_box
+        grid = self.tear_grid
+        up = invert_field(mix_fields(self.tear_up, amounts, scratch.up), grid)
+        low = invert_field(mix_fields(self.tear_low, amounts, scratch.low), grid)
         order = np.argsort(lower_lip[:, 0], kind="stable")
-        xs, ys = lower_lip[order, 0], lower_lip[order, 1]
-        if shift is None:  # one cut per column
-            cut = np.interp(tear_target[0, :, 0] + x0, xs, ys)[None, :] - y0
-        else:
-            cut = np.interp(tear_target[..., 0] + x0, xs, ys) - y0
-        below = tear_target[..., 1:] > cut[..., None].astype(np.float32)
+        cut = np.interp(grid[0, :, 0] + x0, lower_lip[order, 0], lower_lip[order, 1]) - y0
+        below = grid[:, :, 1:] > cut[None, :, None].astype(np.float32)
         np.copyto(up, low, where=below)
-        offset_xy(up, x0, y0, up)
+        up += np.array([x0, y0], np.float32)
         back[y0:y1, x0:x1] = up
         return back
 

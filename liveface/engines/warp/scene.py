@@ -26,8 +26,7 @@ from liveface.engines.base import (
 )
 from liveface.engines.warp.config import SAMPLE_RATE, WarpConfig
 from liveface.engines.warp.face import AlignedFace
-from liveface.engines.warp.headmotion import HeadMotion, PoseAt
-from liveface.engines.warp.idle import BlinkClock, HeadSway, Pose
+from liveface.engines.warp.idle import BlinkClock, HeadSway
 from liveface.engines.warp.listen import ListenerNods
 from liveface.engines.warp.mouth import MouthDriver
 from liveface.engines.warp.render import FaceRig, Renderer, build_rig
@@ -42,14 +41,13 @@ class Actor:
     Attributes:
         tile: ``(x0, x1)`` output columns of its full-height tile.
         rig: the tile's precomputed rig (its ``portrait`` is the tile with the lips closed).
-        renderer, head, mouth, blinks, sway, nods: its animation state.
+        renderer, mouth, blinks, sway, nods: its animation state.
         out: uint8 ``(H, tile width, 3)`` scratch the tile is drawn into.
     """
 
     tile: tuple[int, int]
     rig: FaceRig
     renderer: Renderer
-    head: HeadMotion
     mouth: MouthDriver
     blinks: BlinkClock
     sway: HeadSway
@@ -137,13 +135,11 @@ def open_scene(
         rig = build_rig(AlignedFace(tile, lm, face.height / s))
         base[:, x0:x1] = rig.portrait
         rng = np.random.default_rng([seed, i])
-        renderer = Renderer(rig)
         actors.append(
             Actor(
                 tile=(x0, x1),
                 rig=rig,
-                renderer=renderer,
-                head=renderer.head_motion(1),
+                renderer=Renderer(rig),
                 mouth=MouthDriver(
                     SAMPLE_RATE, config.fps, config.attack_ms, config.release_ms, config.mouth_gain
                 ),
@@ -195,25 +191,14 @@ def render_chunk(scene: WarpScene, chunk: AudioChunk, spec: EngineSpec, frames: 
             samples = np.asarray(voice.window, dtype=np.float32).reshape(-1)[lo:hi]
             shape = actor.mouth.step(actor.mouth.targets(samples, voice.voiced, spec.lookahead))
             blink = actor.blinks.amount(t)
-            head = None
+            pose = None
             if scene.head_motion:
                 listening = not speaking[k] and any(speaking[:k] + speaking[k + 1 :])
                 pose = actor.sway.pose(t, actor.mouth.talk)
                 pose = dataclasses.replace(pose, ty=pose.ty + actor.nods.offset(t, listening))
-                # Every frame is a key (nods are drawn as they come, not for a later frame).
-                head = (actor.head, actor.head.view(f, _constant(pose)))
-            actor.renderer.render(shape, blink, actor.out, head)
+            actor.renderer.render(shape, blink, pose, actor.out)
             x0, x1 = actor.tile
             frames[i, :, x0:x1] = actor.out
-
-
-def _constant(pose: Pose) -> PoseAt:
-    """The pose of every frame asked for: ``pose``."""
-
-    def pose_at(_index: int) -> Pose:
-        return pose
-
-    return pose_at
 
 
 def describe(scene: WarpScene) -> dict[str, Any]:
