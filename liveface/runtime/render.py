@@ -18,7 +18,6 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import av
 import numpy as np
@@ -29,8 +28,6 @@ from liveface.pipeline.audio_file import read_audio
 from liveface.pipeline.pacer import OutputSignal, PacedFrame, PaceTiming, VideoPacer
 from liveface.pipeline.stream import StreamConfig, StreamPipeline
 from liveface.pipeline.videoframe import yuv420_frame
-
-T = TypeVar("T")
 
 #: Frames waiting for the encoder thread (bounds memory when the encoder is the slower side).
 ENCODE_QUEUE = 64
@@ -118,15 +115,15 @@ class _Encoder:
             self._container.mux(packet)
 
 
-def _read_ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+def _read_ahead(items: Iterator[VideoChunk], depth: int = 4) -> Iterator[VideoChunk]:
     """Iterate ``items`` on a thread of its own, up to ``depth`` ahead of the consumer.
 
     The thread has ended when this generator returns or is closed (so the engine is free again).
     """
-    q: queue.Queue[tuple[T | None, BaseException | None]] = queue.Queue(depth)
+    q: queue.Queue[tuple[VideoChunk | None, BaseException | None]] = queue.Queue(depth)
     stop = threading.Event()
 
-    def offer(entry: tuple[T | None, BaseException | None]) -> bool:
+    def offer(entry: tuple[VideoChunk | None, BaseException | None]) -> bool:
         while not stop.is_set():
             try:
                 q.put(entry, timeout=0.1)
@@ -197,13 +194,7 @@ def render(
         assert state is not None
         chunks = [c for c in stream.chunker.pop_ready() if c.first_frame < total_frames]
         # The engine (often a child process) renders ahead while this thread paces and queues.
-        # A session's chunks go in order, so they can share a call: whole batches of them
-        # spare a child process a round trip per chunk.
-        size = spec.max_batch
-        batches = (chunks[i : i + size] for i in range(0, len(chunks), size))
-        results = (engine.generate([(state, c) for c in batch]) for batch in batches)
-        for done in _read_ahead(results):
-            yield from done
+        yield from _read_ahead(engine.generate([(state, c)])[0] for c in chunks)
 
     done = 0
     try:
