@@ -43,6 +43,13 @@ def run_render(config: ServerConfig, args: argparse.Namespace) -> int:
     from liveface.runtime.render import VideoEncoding, render
 
     encoding = VideoEncoding(preset=args.preset, crf=args.crf)
+    options: dict[str, object] = {}
+    if args.still:
+        if config.engine != "warp":
+            raise ConfigError("--still is an option of the CPU (warp) engine")
+        options["head_motion"] = False
+    if args.seed is not None:
+        options["seed"] = args.seed
 
     _setup_logging(config)
     # The CPU engine renders in a child process, so that it and the encoder (here) use a core
@@ -59,7 +66,13 @@ def run_render(config: ServerConfig, args: argparse.Namespace) -> int:
 
     try:
         frames = render(
-            engine, args.audio, args.out, portrait=portrait, progress=progress, encoding=encoding
+            engine,
+            args.audio,
+            args.out,
+            portrait=portrait,
+            progress=progress,
+            encoding=encoding,
+            options=options,
         )
     finally:
         bar.close()
@@ -205,6 +218,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="x264 preset: ultrafast (default, fastest) ... veryfast (a seventh of the bytes)",
     )
     render.add_argument("--crf", type=int, default=20, help="x264 quality, 0-51, lower is better")
+    render.add_argument(
+        "--still",
+        action="store_true",
+        help="CPU engine: no head sway or breathing (blinks and mouth stay); renders faster",
+    )
+    render.add_argument("--seed", type=int, help="the session's random seed (blinks, sway, noise)")
     if not argv or argv[0] not in ("serve", "render", "-h", "--help", "--version"):
         argv = ["serve", *argv]
     return parser.parse_args(argv)

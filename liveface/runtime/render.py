@@ -15,9 +15,10 @@ from __future__ import annotations
 import fractions
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -163,14 +164,27 @@ def render(
     portrait: np.ndarray | None = None,
     progress: Callable[[int, int], None] | None = None,
     encoding: VideoEncoding | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> int:
     """Render ``audio_path`` with ``engine`` into ``out_path`` (H.264 + AAC); returns frame count.
 
     Args:
         progress: called as ``progress(done_frames, total_frames)``.
         encoding: x264 settings (default :class:`VideoEncoding`).
+        options: the engine's per-session options (as a live session's), e.g. the warp
+            engine's ``{"head_motion": False}``.
+
+    Raises:
+        BadInputError: no audio, or options for an engine that renders whole clips (which takes
+            none) or that the engine does not know.
     """
     spec = engine.spec
+    whole = isinstance(engine, ClipRenderer)
+    if whole and options:
+        raise BadInputError(
+            f"the {engine.name} engine renders whole clips and takes no session options "
+            f"(got {', '.join(sorted(options))})"
+        )
     audio = read_audio(audio_path, spec.sample_rate)
     if audio.shape[0] == 0:
         raise BadInputError(f"{Path(audio_path).name} holds no audio samples")
@@ -184,8 +198,7 @@ def render(
     pacer = VideoPacer(stream, OutputSignal(), PaceTiming(realtime=False), with_audio=True)
 
     # Engines with a whole-clip offline path (ClipRenderer) render the file their own way.
-    whole = isinstance(engine, ClipRenderer)
-    state = None if whole else engine.open(portrait, None, {})
+    state = None if whole else engine.open(portrait, None, dict(options or {}))
 
     def results() -> Iterator[VideoChunk]:
         if isinstance(engine, ClipRenderer):

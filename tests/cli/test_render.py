@@ -106,3 +106,42 @@ def test_cli_refuses_bad_config(tmp_path):
     )
     assert proc.returncode == 2
     assert "width must be an even number" in proc.stderr
+
+
+def _render_cli(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    audio = tone_file(tmp_path / "in.wav", 22050, 2.0)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run_avatar.py"), "render", "--audio", str(audio),
+         "--out", str(tmp_path / "out.mp4"), "--size", "256", *extra],
+        capture_output=True, text=True, timeout=240, cwd=ROOT,
+    )  # fmt: skip
+
+
+def _decoded(path: Path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]).astype(float)
+
+
+def test_still_render_keeps_the_head_in_place(tmp_path):
+    """``--still``: no head sway, so the top rows (hair, forehead; no mouth or eye there) hardly
+    change over the file, while the default render's head moves them."""
+    tops = {}
+    for name, extra in (("still", ("--still", "--seed", "3")), ("moving", ("--seed", "3"))):
+        d = tmp_path / name
+        d.mkdir()
+        proc = _render_cli(d, *extra)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        frames = _decoded(d / "out.mp4")
+        top = frames[:, 0:60]
+        tops[name] = float(np.abs(top - top[:1]).mean(axis=(1, 2, 3)).max())
+    # Only coding noise (about 1.5 levels at CRF 20) is left in the still render; the sway moves
+    # the hair by pixels (5 to 9 levels).
+    assert tops["still"] < 2.5
+    assert tops["moving"] > 2.0 * tops["still"]
+
+
+def test_still_is_refused_for_the_diffusion_engine(tmp_path):
+    proc = _render_cli(tmp_path, "--still", "--engine", "diffusion", "--checkpoint", str(tmp_path))
+    assert proc.returncode == 2
+    assert "--still is an option of the CPU (warp) engine" in proc.stderr
+    assert "Traceback" not in proc.stderr

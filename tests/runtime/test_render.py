@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 
 from liveface.engines.warp import WarpConfig, WarpEngine
-from liveface.errors import EngineError
+from liveface.errors import BadInputError, EngineError
 from liveface.runtime.render import render
 from tests.cli.test_render import tone_file
 
@@ -45,3 +46,36 @@ def test_an_engine_failure_ends_the_render_with_its_error(tmp_path: Path):
     with pytest.raises(EngineError, match="on purpose"):
         render(engine, tone_file(tmp_path / "tone.wav", 22050, 2.0), tmp_path / "out.mp4")
     assert len(engine.batches) == 2  # nothing was asked of the engine after it failed
+
+
+class _WholeClips(WarpEngine):
+    """An engine with a whole-clip offline path (as S2V's): it takes no session options."""
+
+    def __init__(self) -> None:
+        super().__init__(WarpConfig(width=128, height=128))
+
+    def render_clips(self, audio, portrait, prompt, progress=None):
+        raise AssertionError("never reached: the options are refused first")
+
+
+def test_session_options_reach_the_engine_and_whole_clip_engines_refuse_them(tmp_path: Path):
+    tone = tone_file(tmp_path / "tone.wav", 22050, 1.0)
+    with pytest.raises(BadInputError, match="unknown warp engine option"):
+        render(_Recording(), tone, tmp_path / "a.mp4", options={"nonsense": 1})
+    with pytest.raises(BadInputError, match="renders whole clips and takes no session options"):
+        render(_WholeClips(), tone, tmp_path / "b.mp4", options={"seed": 1})
+    assert render(_Recording(), tone, tmp_path / "c.mp4", options={"head_motion": False}) == 25
+
+
+def _frames(path: Path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def test_the_same_seed_renders_the_same_file_and_another_seed_another(tmp_path: Path):
+    tone = tone_file(tmp_path / "tone.wav", 22050, 1.0)
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        render(_Recording(), tone, tmp_path / f"{name}.mp4", options={"seed": seed})
+    a, b, c = (_frames(tmp_path / f"{n}.mp4") for n in "abc")
+    assert np.array_equal(a, b)
+    assert np.abs(a.astype(int) - c.astype(int)).max() > 10  # other sway phases, other blinks
