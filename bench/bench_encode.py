@@ -43,7 +43,7 @@ def talking_frames(size: int, count: int) -> list[np.ndarray]:
     for i in range(count):
         amp = 0.6 * amp + 0.4 * rng.uniform(0, 1) * (i % 50 < 35)
         shape = np.array([amp, 0.2 * amp, 0.1], np.float32)
-        state.renderer.render(shape, 0.0, state.sway.pose(i / 25, amp), out)
+        state.anim.renderer.render(shape, 0.0, state.anim.sway.pose(i / 25, amp), out)
         frames.append(out.copy())
     engine.close(state)
     return frames

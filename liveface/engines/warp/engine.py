@@ -20,11 +20,10 @@ from liveface.engines.base import (
 )
 from liveface.engines.warp import landmarks as L
 from liveface.engines.warp import scene as S
-from liveface.engines.warp.config import SAMPLE_RATE, WarpConfig
+from liveface.engines.warp.animate import FaceAnimator, frame_samples, frame_time
+from liveface.engines.warp.config import WarpConfig
 from liveface.engines.warp.face import align_face, default_portrait, detect_landmarks, to_rgb_uint8
-from liveface.engines.warp.idle import BlinkClock, HeadSway
-from liveface.engines.warp.mouth import MouthDriver
-from liveface.engines.warp.render import FaceRig, Renderer, build_rig
+from liveface.engines.warp.render import FaceRig, build_rig
 from liveface.errors import BadInputError, SessionClosedError
 
 #: Per-session options ``open`` accepts, with what each must be.
@@ -52,18 +51,12 @@ class WarpState(EngineState):
         seed: int,
         blinks_per_minute: float,
     ) -> None:
-        rng = np.random.default_rng(seed)
         face = float(np.linalg.norm(rig.landmarks[L.FOREHEAD] - rig.landmarks[L.CHIN]))
         self.rig: FaceRig | None = rig
         self.head_motion = head_motion
         self.seed = seed
         self.closed = False
-        self.renderer = Renderer(rig)
-        self.mouth = MouthDriver(
-            SAMPLE_RATE, config.fps, config.attack_ms, config.release_ms, config.mouth_gain
-        )
-        self.blinks = BlinkClock(blinks_per_minute, rng)
-        self.sway = HeadSway(face, config.motion_scale, rng)
+        self.anim = FaceAnimator(rig, config, face, np.random.default_rng(seed), blinks_per_minute)
 
     @property
     def portrait(self) -> np.ndarray:
@@ -184,17 +177,14 @@ class WarpEngine(Engine):
         n = max(0, int(chunk.num_frames))
         frames = np.empty((n, height, width, 3), np.uint8)
         window = np.asarray(chunk.window, dtype=np.float32).reshape(-1)
-        base = chunk.context - chunk.start
+        anim = state.anim
         for i in range(n):
             f = chunk.first_frame + i
-            lo = max(0, base + spec.frame_start(f))
-            hi = max(lo, base + spec.frame_start(f + 1) + spec.lookahead)
-            target = state.mouth.targets(window[lo:hi], chunk.voiced, spec.lookahead)
-            shape = state.mouth.step(target)
-            t = (f + 0.5) / spec.fps  # media time of the frame's centre
-            blink = state.blinks.amount(t)
-            pose = state.sway.pose(t, state.mouth.talk) if state.head_motion else None
-            state.renderer.render(shape, blink, pose, frames[i])
+            samples = window[frame_samples(spec, chunk, f)]
+            shape, blink, pose = anim.step(
+                samples, chunk.voiced, spec.lookahead, frame_time(spec, f), state.head_motion
+            )
+            anim.renderer.render(shape, blink, pose, frames[i])
         audio = _chunk_audio(chunk)
         return VideoChunk(
             frames=frames,
@@ -233,7 +223,7 @@ class WarpEngine(Engine):
     def interrupt(self, state: EngineState) -> None:
         """Forget the in-flight speech: the mouth restarts from rest; blinks and sway go on."""
         if isinstance(state, WarpState) and not state.closed:
-            state.mouth.reset()
+            state.anim.mouth.reset()
         elif isinstance(state, S.WarpScene) and not state.closed:
             S.interrupt(state)
 
@@ -242,7 +232,7 @@ class WarpEngine(Engine):
         if isinstance(state, WarpState) and not state.closed:
             state.closed = True
             state.rig = None
-            del state.renderer, state.mouth, state.blinks, state.sway
+            del state.anim
         elif isinstance(state, S.WarpScene):
             S.close(state)
 

@@ -24,12 +24,11 @@ from liveface.engines.base import (
     SceneRequest,
     Voice,
 )
-from liveface.engines.warp.config import SAMPLE_RATE, WarpConfig
+from liveface.engines.warp.animate import FaceAnimator, frame_samples, frame_time
+from liveface.engines.warp.config import WarpConfig
 from liveface.engines.warp.face import AlignedFace
-from liveface.engines.warp.idle import BlinkClock, HeadSway
 from liveface.engines.warp.listen import ListenerNods
-from liveface.engines.warp.mouth import MouthDriver
-from liveface.engines.warp.render import FaceRig, Renderer, build_rig
+from liveface.engines.warp.render import FaceRig, build_rig
 from liveface.engines.warp.scene_faces import find_scene_faces, scene_tiles
 from liveface.errors import NoFaceError, SessionClosedError
 
@@ -41,16 +40,13 @@ class Actor:
     Attributes:
         tile: ``(x0, x1)`` output columns of its full-height tile.
         rig: the tile's precomputed rig (its ``portrait`` is the tile with the lips closed).
-        renderer, mouth, blinks, sway, nods: its animation state.
+        anim, nods: its animation state.
         out: uint8 ``(H, tile width, 3)`` scratch the tile is drawn into.
     """
 
     tile: tuple[int, int]
     rig: FaceRig
-    renderer: Renderer
-    mouth: MouthDriver
-    blinks: BlinkClock
-    sway: HeadSway
+    anim: FaceAnimator
     nods: ListenerNods
     out: np.ndarray
 
@@ -139,12 +135,7 @@ def open_scene(
             Actor(
                 tile=(x0, x1),
                 rig=rig,
-                renderer=Renderer(rig),
-                mouth=MouthDriver(
-                    SAMPLE_RATE, config.fps, config.attack_ms, config.release_ms, config.mouth_gain
-                ),
-                blinks=BlinkClock(blinks_per_minute, rng),
-                sway=HeadSway(face.height, config.motion_scale, rng),
+                anim=FaceAnimator(rig, config, face.height, rng, blinks_per_minute),
                 nods=ListenerNods(face.height, config.motion_scale, rng),
                 out=np.empty_like(tile),
             )
@@ -179,24 +170,22 @@ def render_chunk(scene: WarpScene, chunk: AudioChunk, spec: EngineSpec, frames: 
     voices = chunk.voices or tuple(Voice(window, chunk.voiced) for _ in scene.actors)
     if len(voices) != len(scene.actors):
         raise ValueError(f"chunk has {len(voices)} voices for {len(scene.actors)} characters")
-    base = chunk.context - chunk.start
     speaking = [v.voiced for v in voices]
     for i in range(frames.shape[0]):
         f = chunk.first_frame + i
-        lo = max(0, base + spec.frame_start(f))
-        hi = max(lo, base + spec.frame_start(f + 1) + spec.lookahead)
-        t = (f + 0.5) / spec.fps  # media time of the frame's centre
+        own = frame_samples(spec, chunk, f)
+        t = frame_time(spec, f)
         np.copyto(frames[i], scene.base)
         for k, (actor, voice) in enumerate(zip(scene.actors, voices, strict=True)):
-            samples = np.asarray(voice.window, dtype=np.float32).reshape(-1)[lo:hi]
-            shape = actor.mouth.step(actor.mouth.targets(samples, voice.voiced, spec.lookahead))
-            blink = actor.blinks.amount(t)
-            pose = None
-            if scene.head_motion:
+            samples = np.asarray(voice.window, dtype=np.float32).reshape(-1)[own]
+            anim = actor.anim
+            shape, blink, pose = anim.step(
+                samples, voice.voiced, spec.lookahead, t, scene.head_motion
+            )
+            if pose is not None:
                 listening = not speaking[k] and any(speaking[:k] + speaking[k + 1 :])
-                pose = actor.sway.pose(t, actor.mouth.talk)
                 pose = dataclasses.replace(pose, ty=pose.ty + actor.nods.offset(t, listening))
-            actor.renderer.render(shape, blink, pose, actor.out)
+            anim.renderer.render(shape, blink, pose, actor.out)
             x0, x1 = actor.tile
             frames[i, :, x0:x1] = actor.out
 
@@ -209,7 +198,7 @@ def describe(scene: WarpScene) -> dict[str, Any]:
 def interrupt(scene: WarpScene) -> None:
     """Every mouth restarts from rest (the runtime re-renders the others' speech from the cut)."""
     for actor in scene.actors:
-        actor.mouth.reset()
+        actor.anim.mouth.reset()
 
 
 def close(scene: WarpScene) -> None:
