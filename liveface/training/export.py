@@ -3,16 +3,15 @@
 The directory is written by the engine's own :func:`~liveface.engines.diffusion.checkpoint.bundle.
 write_bundle` (layout in :mod:`liveface.engines.diffusion.checkpoint.bundle`): the DiT with any
 LoRA merged into its weights (official Wan layout, so the engine's strict key check passes), the
-trained ``audio_adapter.safetensors``, the base's VAE, speech encoder (its files copied as they
-are) and text embeddings (the base's plus the dataset's prompts, by their text), an optional
-offline codebook and default portrait, and ``liveface.json`` with the stream settings the model
-was trained for (motion layout, audio context) and its sampler: the distilled few-step schedule
-for a student, the guided many-step one for a teacher.
+trained ``audio_adapter.safetensors``, the base's VAE, speech and text encoders (their folders
+copied as they are) and text embeddings (the base's plus the dataset's prompts, by their text),
+an optional offline codebook and default portrait, and ``liveface.json`` with the stream settings
+the model was trained for (motion layout, audio context) and its sampler: the distilled few-step
+schedule for a student, the guided many-step one for a teacher.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -85,20 +84,6 @@ def stream_settings(
     )
 
 
-def _copy_tree(src: Path, dst: Path) -> None:
-    """Copy a folder, hard-linking files where the filesystem allows (big weights)."""
-
-    def link(a: str, b: str) -> None:
-        try:
-            Path(b).hardlink_to(a)
-        except OSError:
-            shutil.copy2(a, b)
-
-    if dst.exists():
-        shutil.rmtree(dst)
-    shutil.copytree(src, dst, copy_function=link)
-
-
 def export_checkpoint(
     base_dir: str | Path,
     out: str | Path,
@@ -132,28 +117,20 @@ def export_checkpoint(
     if default not in prompts and base.manifest.text_encoder is None:
         raise ConfigError(f"the default prompt {default!r} has no embedding in the base or data")
     cb = load_codebook(codebook) if codebook is not None else None
-    encoder = base.speech_encoder()
-    root = write_bundle(
+    text_encoder = None
+    if base.manifest.text_encoder is not None and (base.root / base.manifest.text_encoder).is_dir():
+        text_encoder = base.root / base.manifest.text_encoder
+    # The speech and text encoders are the base's, so their folders are copied as they are.
+    return write_bundle(
         out,
         dit=models.dit,
         adapter=models.adapter,
-        speech_encoder=encoder.model,
+        speech_encoder=base.speech_encoder_path,
         vae=base.vae(),
         light_decoder=base.light_decoder(),
         text_embeddings=prompts or None,
+        text_encoder=text_encoder,
         codebook=cb,
         portrait=portrait,
         manifest=Manifest(default_prompt=default, stream=stream),
     )
-    # The speech encoder's own files (feature-extractor settings included) replace the re-save.
-    _copy_tree(base.speech_encoder_path, root / "wav2vec2")
-    if base.manifest.text_encoder is not None and (base.root / base.manifest.text_encoder).is_dir():
-        import json
-
-        from liveface.engines.diffusion.checkpoint.bundle import MANIFEST
-
-        _copy_tree(base.root / base.manifest.text_encoder, root / "umt5")
-        manifest = json.loads((root / MANIFEST).read_text())
-        manifest["text_encoder"] = "umt5"
-        (root / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return root

@@ -211,3 +211,19 @@ def test_speech_is_found_all_through_a_video_longer_than_the_live_vads_memory():
     voiced = voiced_frames(wave, 16000, 25, 90 * 25)
     per_half_minute = voiced.reshape(3, -1).mean(axis=1)
     assert (per_half_minute > 0.3).all(), per_half_minute  # the first minute too
+
+
+def test_export_copies_the_bases_speech_encoder_as_it_is():
+    """The exported checkpoint's wav2vec2 folder holds the base's own files, byte for byte
+    (copied, not loaded and saved again)."""
+    import json
+
+    from tests.training import world
+
+    base, out = world.pretrained(), world.teacher()
+    folder = base / json.loads((base / "liveface.json").read_text())["speech_encoder"]
+    files = sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
+    assert files
+    for name in files:
+        assert (out / "wav2vec2" / name).read_bytes() == (folder / name).read_bytes(), name
+    assert json.loads((out / "liveface.json").read_text())["speech_encoder"] == "wav2vec2"

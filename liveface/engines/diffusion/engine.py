@@ -56,6 +56,7 @@ from liveface.engines.diffusion.streaming.state import (
     plan_chunk,
 )
 from liveface.engines.diffusion.vae import StreamingDecoder
+from liveface.engines.options import bool_option, seed_option, session_options
 from liveface.errors import BadInputError, ConfigError
 
 #: Prompts whose text keys/values stay cached for new sessions.
@@ -197,16 +198,10 @@ class DiffusionEngine(Engine):
         return DiffusionState(tensors, correction=mode, tau=tau, seed=seed)
 
     def _options(self, options: Mapping[str, Any]) -> tuple[int, bool, str, float | None]:
-        known = {"seed", "codebook", "codebook_mode", "codebook_tau"}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise BadInputError(f"unknown diffusion option(s) {', '.join(unknown)}")
-        seed = options.get("seed", self.stream.seed)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise BadInputError("option seed must be a non-negative int")
-        on = options.get("codebook", self.stream.codebook.source != "off")
-        if not isinstance(on, bool):
-            raise BadInputError("option codebook must be a bool")
+        known = ("seed", "codebook", "codebook_mode", "codebook_tau")
+        options = session_options(options, known, "diffusion")
+        seed = seed_option(options, self.stream.seed)
+        on = bool_option(options, "codebook", self.stream.codebook.source != "off")
         mode = options.get("codebook_mode", self.stream.codebook.mode)
         if mode not in CORRECTION_MODES:
             raise BadInputError(f"option codebook_mode must be one of {CORRECTION_MODES}")

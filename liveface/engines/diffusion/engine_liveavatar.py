@@ -38,7 +38,12 @@ import numpy as np
 import torch
 
 from liveface.engines.base import AudioChunk, ChunkInfo, Engine, EngineSpec, EngineState, VideoChunk
-from liveface.engines.diffusion.audio.s2v_features import SAMPLE_RATE, Encoder, StreamingFeatures
+from liveface.engines.diffusion.audio.s2v_features import (
+    SAMPLE_RATE,
+    Encoder,
+    StreamingFeatures,
+    chunk_window,
+)
 from liveface.engines.diffusion.dit.s2v.config import S2VConfig
 from liveface.engines.diffusion.portrait import augmented_views, default_portrait, fit_portrait
 from liveface.engines.diffusion.streaming.codebook import Codebook, build_codebook, latent_features
@@ -51,6 +56,7 @@ from liveface.engines.diffusion.streaming.liveavatar import (
 from liveface.engines.diffusion.vae import WanVAE
 from liveface.engines.diffusion.vae.interface import StreamingDecoder, frames_to_uint8
 from liveface.engines.diffusion.vae.state import StreamState
+from liveface.engines.options import bool_option, seed_option, session_options
 from liveface.errors import BadInputError, ConfigError, SessionClosedError
 
 #: Frames the first block drops after the primed decoder (their pipeline: ``image[:, :, 3:]``).
@@ -200,7 +206,7 @@ class LiveAvatarEngine(Engine):
             lookahead_features=config.lookahead_ms * SAMPLE_RATE // 1000 // hop,
         )  # fmt: skip
         n = s.block_video_frames
-        left, ahead = self._reach()
+        left, ahead = self.features.session_reach(n, FIRST_TRIM)
         self._spec = EngineSpec(
             fps=s.fps, width=config.width, height=config.height, chunk_frames=n,
             first_chunk_frames=n - FIRST_TRIM, sample_rate=SAMPLE_RATE, left_context=left,
@@ -216,37 +222,14 @@ class LiveAvatarEngine(Engine):
     def spec(self) -> EngineSpec:
         return self._spec
 
-    def _window(self, first_frame: int, num_frames: int) -> tuple[int, int]:
-        """Video frames ``[a, b)`` whose features drive a chunk (one whole block)."""
-        stop = first_frame + num_frames
-        return stop - self.config.sampling.block_video_frames, stop
-
-    def _reach(self) -> tuple[int, int]:
-        n = self.config.sampling.block_video_frames
-        left = ahead = first = 0
-        for index in range(8):  # the window pattern repeats within a few blocks
-            count = n - (FIRST_TRIM if index == 0 else 0)
-            a, b = self._window(first, count)
-            begin, end = self.features.reach(a, b)
-            left = max(left, first * SAMPLE_RATE // self.config.sampling.fps - begin)
-            ahead = max(ahead, end - (first + count) * SAMPLE_RATE // self.config.sampling.fps)
-            first += count
-        return left, ahead
-
     # -- sessions ---------------------------------------------------------------------------------
     def open(
         self, portrait: np.ndarray | None, prompt: str | None, options: Mapping[str, Any]
     ) -> LiveAvatarState:
         s, p = self.config.sampling, self.parts
-        unknown = sorted(set(options or {}) - {"seed", "codebook"})
-        if unknown:
-            raise BadInputError(f"unknown LiveAvatar option(s) {', '.join(unknown)}")
-        seed = (options or {}).get("seed", s.seed)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise BadInputError("option seed must be a non-negative int")
-        use_codebook = (options or {}).get("codebook", False)
-        if not isinstance(use_codebook, bool):
-            raise BadInputError("option codebook must be a bool")
+        options = session_options(options, ("seed", "codebook"), "LiveAvatar")
+        seed = seed_option(options, s.seed)
+        use_codebook = bool_option(options, "codebook", False)
         image = fit_portrait(
             portrait if portrait is not None else default_portrait(),
             self.spec.width, self.spec.height,
@@ -310,7 +293,7 @@ class LiveAvatarEngine(Engine):
                     f"a LiveAvatar chunk has 1..{s.block_video_frames} frames "
                     f"(got {chunk.num_frames})"
                 )
-            a, b = self._window(chunk.first_frame, chunk.num_frames)
+            a, b = chunk_window(chunk.first_frame, chunk.num_frames, s.block_video_frames)
             feats = self.features.features(self.parts.speech, chunk.read, a, b)
             works.append(st.feed.next(st.key, feats))
         self.denoiser.run(works)

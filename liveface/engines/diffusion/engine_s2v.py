@@ -40,6 +40,7 @@ from liveface.engines.base import (
 from liveface.engines.diffusion.audio.s2v_features import (
     SAMPLE_RATE,
     StreamingFeatures,
+    chunk_window,
     whole_clip_features,
 )
 from liveface.engines.diffusion.checkpoint.s2v_loading import S2VBundle
@@ -52,6 +53,7 @@ from liveface.engines.diffusion.streaming.s2v_clips import (
     S2VSampling,
 )
 from liveface.engines.diffusion.vae.interface import frames_to_uint8
+from liveface.engines.options import seed_option, session_options
 from liveface.errors import BadInputError, ConfigError, SessionClosedError
 
 log = logging.getLogger(__name__)
@@ -151,7 +153,7 @@ class S2VEngine(Engine):
             context_features=max(1, config.context_ms * SAMPLE_RATE // 1000 // hop),
             lookahead_features=extra // hop,
         )
-        left, ahead = self._reach()
+        left, ahead = self.features.session_reach(s.infer_frames, FIRST_CLIP_TRIM)
         self._spec = EngineSpec(
             fps=s.fps, width=config.width, height=config.height, chunk_frames=s.infer_frames,
             first_chunk_frames=s.infer_frames - FIRST_CLIP_TRIM, sample_rate=SAMPLE_RATE,
@@ -165,25 +167,6 @@ class S2VEngine(Engine):
     @property
     def spec(self) -> EngineSpec:
         return self._spec
-
-    def _window(self, first_frame: int, num_frames: int) -> tuple[int, int]:
-        """Video frames ``[a, b)`` whose features drive a chunk (one whole clip)."""
-        stop = first_frame + num_frames
-        return stop - self.config.sampling.infer_frames, stop
-
-    def _reach(self) -> tuple[int, int]:
-        """Samples of left context and lookahead any chunk needs."""
-        s = self.config.sampling
-        left = ahead = 0
-        first = 0
-        for index in range(8):  # the window pattern repeats every 16 frames; clips are 4k frames
-            n = s.infer_frames - (FIRST_CLIP_TRIM if index == 0 else 0)
-            a, b = self._window(first, n)
-            begin, end = self.features.reach(a, b)
-            left = max(left, first * SAMPLE_RATE // s.fps - begin)
-            ahead = max(ahead, end - (first + n) * SAMPLE_RATE // s.fps)
-            first += n
-        return left, ahead
 
     # -- sessions ---------------------------------------------------------------------------------
     def _text(self, prompt: str) -> TextContext:
@@ -211,12 +194,7 @@ class S2VEngine(Engine):
     def open(
         self, portrait: np.ndarray | None, prompt: str | None, options: Mapping[str, Any]
     ) -> S2VState:
-        unknown = sorted(set(options or {}) - {"seed"})
-        if unknown:
-            raise BadInputError(f"unknown S2V option(s) {', '.join(unknown)}")
-        seed = (options or {}).get("seed", self.config.sampling.seed)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise BadInputError("option seed must be a non-negative int")
+        seed = seed_option(session_options(options, ("seed",), "S2V"), self.config.sampling.seed)
         return S2VState(self._start(portrait, prompt, seed), seed)
 
     def interrupt(self, state: EngineState) -> None:
@@ -243,7 +221,9 @@ class S2VEngine(Engine):
         for state, chunk in batch:
             s = _state(state)
             s.begin_chunk(chunk.epoch)
-            a, b = self._window(chunk.first_frame, chunk.num_frames)
+            a, b = chunk_window(
+                chunk.first_frame, chunk.num_frames, self.config.sampling.infer_frames
+            )
             feats = self.features.features(self.bundle.speech, chunk.read, a, b)
             steps, guidance = self.levels[self.level]
             video = self.generator.clip(

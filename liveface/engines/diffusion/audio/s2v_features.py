@@ -144,6 +144,22 @@ class StreamingFeatures:
         b1 = (stop - 1) // self.block_frames
         return self.window(b0)[0], self.window(b1)[1]
 
+    def session_reach(self, window_frames: int, first_trim: int) -> tuple[int, int]:
+        """Samples of left context and of lookahead that any chunk of a session needs.
+
+        A session's chunks are ``window_frames`` video frames long, the first one
+        ``first_trim`` shorter, and each chunk's features are those of the ``window_frames``
+        frames that end with it (:func:`chunk_window`).
+        """
+        left = ahead = first = 0
+        for index in range(8):  # the window pattern repeats within a few chunks
+            count = window_frames - (first_trim if index == 0 else 0)
+            begin, end = self.reach(*chunk_window(first, count, window_frames))
+            left = max(left, first * SAMPLE_RATE // self.fps - begin)
+            ahead = max(ahead, end - (first + count) * SAMPLE_RATE // self.fps)
+            first += count
+        return left, ahead
+
     def features(
         self, encoder: Encoder, read: Callable[[int, int], np.ndarray], first: int, stop: int
     ) -> torch.Tensor:
@@ -174,3 +190,10 @@ class StreamingFeatures:
                 h1 = hidden[k, :, min(i + 1, hidden.shape[2] - 1)]
                 out.append(h + (h1 - h) * frac)
         return torch.stack(out, dim=-1)[None]
+
+
+def chunk_window(first_frame: int, num_frames: int, window_frames: int) -> tuple[int, int]:
+    """Video frames ``[a, b)`` whose features drive the chunk ``[first_frame, first_frame +
+    num_frames)``: the whole window of ``window_frames`` frames that ends with it."""
+    stop = first_frame + num_frames
+    return stop - window_frames, stop

@@ -50,6 +50,7 @@ memory (tests and benchmarks use it with small random models).
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,6 +217,7 @@ def write_bundle(
     vae: Any,
     light_decoder: Any = None,
     text_embeddings: Mapping[str, torch.Tensor] | None = None,
+    text_encoder: str | Path | None = None,
     codebook: Any = None,
     portrait: np.ndarray | None = None,
     manifest: Manifest | None = None,
@@ -226,10 +228,12 @@ def write_bundle(
         dit: a :class:`~liveface.engines.diffusion.dit.model.WanDiT` (written in the official
             layout).
         adapter: its :class:`~liveface.engines.diffusion.dit.audio_adapter.AudioAdapter`.
-        speech_encoder: a transformers wav2vec2 / Whisper model (``save_pretrained``).
+        speech_encoder: a transformers wav2vec2 / Whisper model (``save_pretrained``), or the
+            folder of one, copied as it is (feature-extractor settings included).
         vae: a :class:`~liveface.engines.diffusion.vae.WanVAE` (written with its config).
         light_decoder: optional :class:`~liveface.engines.diffusion.vae.TAEHV`.
         text_embeddings: ``name -> (tokens, text_dim)``; must include the manifest's default.
+        text_encoder: optional folder of a umT5 text encoder, copied as it is.
         codebook: optional :class:`~liveface.engines.diffusion.streaming.codebook.Codebook`.
         portrait: optional default portrait, uint8 ``(h, w, 3)``.
         manifest: stream settings etc.; file names are set here.
@@ -247,7 +251,12 @@ def write_bundle(
     base = manifest if manifest is not None else Manifest()
     save_dit(dit, root / "dit")
     save_audio_adapter(adapter, root / "audio_adapter.safetensors")
-    speech_encoder.save_pretrained(root / "wav2vec2")
+    if isinstance(speech_encoder, str | Path):
+        copy_tree(Path(speech_encoder), root / "wav2vec2")
+    else:
+        speech_encoder.save_pretrained(root / "wav2vec2")
+    if text_encoder is not None:
+        copy_tree(Path(text_encoder), root / "umt5")
     save_vae(vae, root / "vae.safetensors")
     light = None
     if light_decoder is not None:
@@ -271,10 +280,25 @@ def write_bundle(
             "light_decoder": light,
             "light_decoder_config": None,
             "text_embeddings": "text_embeddings.safetensors" if text_embeddings else None,
-            "text_encoder": None,
+            "text_encoder": "umt5" if text_encoder is not None else None,
             "codebook": "codebook.safetensors" if codebook is not None else None,
             "portrait": "portrait.png" if portrait is not None else None,
         }
     )
     (root / MANIFEST).write_text(json.dumps(out.to_dict(), indent=2))
     return root
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    """Copy folder ``src`` to ``dst`` (replacing it), hard-linking files where the filesystem
+    allows: model weights are large and never written in place."""
+
+    def link(a: str, b: str) -> None:
+        try:
+            Path(b).hardlink_to(a)
+        except OSError:
+            shutil.copy2(a, b)
+
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, copy_function=link)
