@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 from liveface import __version__
 from liveface.engines.base import Engine
@@ -40,8 +41,9 @@ def _setup_logging(config: ServerConfig) -> None:
 def run_render(config: ServerConfig, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from liveface.runtime.render import VideoEncoding, render
+    from liveface.runtime.render import VideoEncoding, check_output, render
 
+    check_output(Path(args.out))  # before the engine starts: a bad path fails at once
     encoding = VideoEncoding(preset=args.preset, crf=args.crf)
     options: dict[str, object] = {}
     if args.still:
@@ -57,12 +59,14 @@ def run_render(config: ServerConfig, args: argparse.Namespace) -> int:
     processes = 1 if config.processes() > 0 else 0
     (engine,) = create_engines(dataclasses.replace(config, engine_processes=processes))
     portrait = load_image(config.portrait) if config.portrait else None
-    bar = tqdm(total=0, unit="frame", desc="render", file=sys.stderr)
+    bars: list[tqdm] = []  # shown from the first frame on, not for a render that fails first
 
     def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+        if not bars:
+            bars.append(tqdm(total=total, unit="frame", desc="render", file=sys.stderr))
+        bars[0].total = total
+        bars[0].n = done
+        bars[0].refresh()
 
     try:
         frames = render(
@@ -75,7 +79,8 @@ def run_render(config: ServerConfig, args: argparse.Namespace) -> int:
             options=options,
         )
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
         engine.shutdown()
     print(f"wrote {args.out}: {frames} frames at {engine.spec.fps} fps")
     return 0

@@ -64,6 +64,12 @@ class EngineError(AvatarError):
     code = "engine_failed"
 
 
+class OutputError(AvatarError):
+    """An offline render could not write its output file (a full disk, a file system error)."""
+
+    code = "output_failed"
+
+
 class UnauthorizedError(AvatarError):
     """The request lacks the server's access token."""
 

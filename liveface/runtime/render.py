@@ -13,6 +13,7 @@ FFmpeg's fast AAC coder: a tenth of the cost of 48 kHz with the default coder.
 from __future__ import annotations
 
 import fractions
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -24,7 +25,7 @@ import av
 import numpy as np
 
 from liveface.engines.base import ClipRenderer, Engine, VideoChunk
-from liveface.errors import BadInputError
+from liveface.errors import BadInputError, OutputError
 from liveface.pipeline.audio_file import read_audio
 from liveface.pipeline.pacer import OutputSignal, PacedFrame, PaceTiming, VideoPacer
 from liveface.pipeline.stream import StreamConfig, StreamPipeline
@@ -32,6 +33,8 @@ from liveface.pipeline.videoframe import yuv420_frame
 
 #: Frames waiting for the encoder thread (bounds memory when the encoder is the slower side).
 ENCODE_QUEUE = 64
+#: Containers that hold H.264 + AAC.
+OUTPUT_SUFFIXES = (".mp4", ".mov", ".mkv")
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow")
 
 
@@ -61,7 +64,11 @@ class _Encoder:
     def __init__(
         self, out_path: str | Path, size: tuple[int, int], fps: int, rate: int, enc: VideoEncoding
     ) -> None:
-        self._container = av.open(str(out_path), mode="w")
+        self._name = Path(out_path).name
+        try:
+            self._container = av.open(str(out_path), mode="w")
+        except (av.error.FFmpegError, OSError, ValueError) as e:
+            raise OutputError(f"cannot write {self._name}: {e}") from e
         v = self._container.add_stream("libx264", rate=fps)
         v.width, v.height, v.pix_fmt = size[0], size[1], "yuv420p"
         v.options = {"preset": enc.preset, "crf": str(enc.crf)}
@@ -76,15 +83,23 @@ class _Encoder:
 
     def put(self, item: PacedFrame) -> None:
         if self._error is not None:
-            raise self._error
+            self._raise()
         self._queue.put(item)
 
     def close(self) -> None:
-        """Flush and close the file; re-raises what failed on the encoder thread."""
+        """Flush and close the file; re-raises what failed on the encoder thread (a failure to
+        write as :class:`OutputError`)."""
         self._queue.put(None)
         self._thread.join()
         if self._error is not None:
-            raise self._error
+            self._raise()
+
+    def _raise(self) -> None:
+        e = self._error
+        if isinstance(e, av.error.FFmpegError | OSError):
+            raise OutputError(f"cannot write {self._name}: {e}") from e
+        assert e is not None
+        raise e
 
     def _run(self) -> None:
         ended = False
@@ -168,6 +183,9 @@ def render(
 ) -> int:
     """Render ``audio_path`` with ``engine`` into ``out_path`` (H.264 + AAC); returns frame count.
 
+    The file is written under a hidden name beside ``out_path`` and renamed when complete, so a
+    failed render leaves no partial file (and does not touch one already at ``out_path``).
+
     Args:
         progress: called as ``progress(done_frames, total_frames)``.
         encoding: x264 settings (default :class:`VideoEncoding`).
@@ -175,9 +193,12 @@ def render(
             engine's ``{"head_motion": False}``.
 
     Raises:
-        BadInputError: no audio, or options for an engine that renders whole clips (which takes
-            none) or that the engine does not know.
+        BadInputError: no audio; an output that is not an .mp4, .mov or .mkv file in an existing,
+            writable folder; options for an engine that renders whole clips (which takes none)
+            or that the engine does not know.
     """
+    out = check_output(Path(out_path))
+    partial = out.with_name(f".{out.stem}.partial{out.suffix}")
     spec = engine.spec
     whole = isinstance(engine, ClipRenderer)
     if whole and options:
@@ -212,7 +233,7 @@ def render(
     done = 0
     try:
         encoder = _Encoder(
-            out_path,
+            partial,
             (spec.width, spec.height),
             spec.fps,
             spec.sample_rate,
@@ -229,7 +250,31 @@ def render(
                     progress(done, total_frames)
         finally:
             encoder.close()
+        os.replace(partial, out)
     finally:
+        if partial.is_file():  # the render failed: no partial file is left behind
+            partial.unlink()
         if state is not None:
             engine.close(state)
     return done
+
+
+def check_output(out: Path) -> Path:
+    """``out`` if a render can write it there.
+
+    Raises:
+        BadInputError: not an .mp4, .mov or .mkv file name, or its folder is missing or not
+            writable, or it is a folder.
+    """
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise BadInputError(
+            f"cannot write {out.name}: the output must be an .mp4, .mov or .mkv file"
+        )
+    folder = out.parent
+    if not folder.is_dir():
+        raise BadInputError(f"cannot write {out}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BadInputError(f"cannot write {out}: the folder {folder} is not writable")
+    if out.is_dir():
+        raise BadInputError(f"cannot write {out}: it is a folder")
+    return out

@@ -145,3 +145,17 @@ def test_still_is_refused_for_the_diffusion_engine(tmp_path):
     assert proc.returncode == 2
     assert "--still is an option of the CPU (warp) engine" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_bad_output_path_is_refused_before_any_work(tmp_path):
+    audio = tone_file(tmp_path / "in.wav", 22050, 1.0)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run_avatar.py"), "render", "--audio", str(audio),
+         "--out", str(tmp_path / "missing" / "out.mp4")],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "the folder" in proc.stderr
+    assert "does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "render:" not in proc.stderr  # no progress bar: nothing was rendered

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from liveface.engines.warp import WarpConfig, WarpEngine
-from liveface.errors import BadInputError, EngineError
+from liveface.errors import BadInputError, EngineError, OutputError
 from liveface.runtime.render import render
 from tests.cli.test_render import tone_file
 
@@ -79,3 +79,33 @@ def test_the_same_seed_renders_the_same_file_and_another_seed_another(tmp_path: 
     a, b, c = (_frames(tmp_path / f"{n}.mp4") for n in "abc")
     assert np.array_equal(a, b)
     assert np.abs(a.astype(int) - c.astype(int)).max() > 10  # other sway phases, other blinks
+
+
+def test_a_failed_render_leaves_no_file_and_keeps_an_old_one(tmp_path: Path):
+    tone = tone_file(tmp_path / "tone.wav", 22050, 2.0)
+    out = tmp_path / "out.mp4"
+    with pytest.raises(EngineError):
+        render(_Recording(fail_at=5), tone, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tone.wav"]  # no partial file either
+    out.write_bytes(b"an earlier render")
+    with pytest.raises(EngineError):
+        render(_Recording(fail_at=5), tone, out)
+    assert out.read_bytes() == b"an earlier render"
+    assert render(_Recording(), tone, out) == 50
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4", "tone.wav"]
+
+
+def test_outputs_that_cannot_be_written_are_refused_clearly(tmp_path: Path):
+    tone = tone_file(tmp_path / "tone.wav", 22050, 1.0)
+    with pytest.raises(BadInputError, match=r"must be an \.mp4, \.mov or \.mkv file"):
+        render(_Recording(), tone, tmp_path / "out.xyz")
+    with pytest.raises(BadInputError, match="does not exist"):
+        render(_Recording(), tone, tmp_path / "missing" / "out.mp4")
+    (tmp_path / "dir.mp4").mkdir()
+    with pytest.raises(BadInputError, match="it is a folder"):
+        render(_Recording(), tone, tmp_path / "dir.mp4")
+    # A failure of the muxer itself (here: its file name is taken by a folder) is an OutputError.
+    (tmp_path / ".out.partial.mp4").mkdir()
+    with pytest.raises(OutputError, match="cannot write"):
+        render(_Recording(), tone, tmp_path / "out.mp4")
+    assert not (tmp_path / "out.mp4").exists()
