@@ -96,20 +96,41 @@ def decode_image(data: bytes) -> np.ndarray:
         if header.size * 64 > MAX_PIXELS:
             raise BadInputError(f"portrait has more than {MAX_PIXELS} pixels; send a smaller one")
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    except cv2.error as e:  # OpenCV refuses some degenerate files (e.g. a 1x1 PNG)
+    except cv2.error as e:
+        # OpenCV cannot shrink an image under 8 pixels a side (a 1x1 PNG): its header says so.
+        size = _header_size(data)
+        if size is not None and min(size) < MIN_SIDE:
+            raise _too_small(size) from e
         raise BadInputError("portrait could not be decoded (use a PNG, JPEG or WebP photo)") from e
     if img is None:
         raise BadInputError("portrait could not be decoded")
     if min(img.shape[:2]) < MIN_SIDE:
-        raise BadInputError(
-            f"portrait is {img.shape[1]}x{img.shape[0]} pixels; send at least "
-            f"{MIN_SIDE}x{MIN_SIDE} (a photo with a face)"
-        )
+        raise _too_small((img.shape[1], img.shape[0]))
     if img.ndim == 3 and img.shape[2] == 3:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     elif img.ndim == 3 and img.shape[2] == 4:
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
     return to_rgb(img)
+
+
+def _too_small(size: tuple[int, int]) -> BadInputError:
+    return BadInputError(
+        f"portrait is {size[0]}x{size[1]} pixels; send at least {MIN_SIDE}x{MIN_SIDE} "
+        "(a photo with a face)"
+    )
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from an image file's header (nothing is decoded), or None."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return int(im.size[0]), int(im.size[1])
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
 
 
 def load_image(path: str | Path) -> np.ndarray:

@@ -37,7 +37,10 @@ def test_png_jpeg_and_data_urls_decode_to_rgb():
         (b"", "empty"),
         (b"hello", "not an image"),
         (b"data:image/png;base64,@@@", "base64"),
-        (png(np.zeros((1, 1, 3), np.uint8)), "decoded"),  # OpenCV refuses to shrink it
+        # OpenCV refuses to shrink these; their headers give the size.
+        (png(np.zeros((1, 1, 3), np.uint8)), "is 1x1 pixels; send at least"),
+        (cv2.imencode(".webp", np.zeros((1, 3, 3), np.uint8))[1].tobytes(), "is 3x1 pixels"),
+        (cv2.imencode(".bmp", np.zeros((2, 1, 3), np.uint8))[1].tobytes(), "is 1x2 pixels"),
         (png(np.zeros((MIN_SIDE - 1, 200, 3), np.uint8)), "at least"),
     ],
 )
