@@ -76,7 +76,7 @@ async def test_malformed_offers_are_400_before_any_work(server, caplog):
         ({"json": {"sdp": sdp, "type": "offer", "portrait": 5}}, "portrait"),
         ({"json": {"sdp": sdp, "type": "offer", "portrait": [1, 2]}}, "portrait"),
         ({"json": {"sdp": sdp, "type": "offer", "portrait": {"a": 1}}}, "portrait"),
-        ({"json": {"sdp": sdp, "type": "offer", "portrait": tiny}}, "decoded"),
+        ({"json": {"sdp": sdp, "type": "offer", "portrait": tiny}}, "1x1 pixels"),
         ({"json": {"sdp": no_fingerprint, "type": "offer", "portrait": tiny}}, "fingerprint"),
         ({"json": {"sdp": sdp, "type": "answer"}}, "offer"),
         ({"json": {"sdp": sdp, "type": "offer", "options": "[[["}}, "options"),
