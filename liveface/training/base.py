@@ -129,6 +129,11 @@ class BaseDir:
             self.speech_encoder_path, dtype=self.dtype, device=self.device
         )
 
+    @property
+    def text_encoder_path(self) -> Path | None:
+        """The base's umT5 text encoder, if it has one."""
+        return optional_file(self.root, self.manifest.text_encoder)
+
     def text_embeddings(self, text_dim: int | None = None) -> PrecomputedTextEmbeddings | None:
         path = optional_file(self.root, self.manifest.text_embeddings)
         return None if path is None else PrecomputedTextEmbeddings.load(path, text_dim=text_dim)
@@ -140,7 +145,7 @@ class BaseDir:
             ConfigError: neither is present.
         """
         embeddings = self.text_embeddings(text_dim)
-        enc_path = optional_file(self.root, self.manifest.text_encoder)
+        enc_path = self.text_encoder_path
         encoder = None
         if enc_path is not None:
             encoder = UMT5TextEncoder.from_pretrained(

@@ -117,9 +117,9 @@ def export_checkpoint(
     if default not in prompts and base.manifest.text_encoder is None:
         raise ConfigError(f"the default prompt {default!r} has no embedding in the base or data")
     cb = load_codebook(codebook) if codebook is not None else None
-    text_encoder = None
-    if base.manifest.text_encoder is not None and (base.root / base.manifest.text_encoder).is_dir():
-        text_encoder = base.root / base.manifest.text_encoder
+    text_encoder = base.text_encoder_path
+    if text_encoder is not None and not text_encoder.is_dir():
+        text_encoder = None  # a folder is what the engine loads
     # The speech and text encoders are the base's, so their folders are copied as they are.
     return write_bundle(
         out,
